@@ -1,0 +1,194 @@
+"""The base configuration that every `configs/<dataset>.py` starts from.
+
+Values are the reference's shared settings (github.com/AI-14/micar-vl-moe,
+scripts/*/run_exp.sh); dataset files override what differs. Every deviation
+from the reference is a switch here, off by default.
+"""
+
+import ml_collections
+
+# ResNet stage sizes by depth (bottleneck blocks, torchvision v1.5).
+RESNET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the configuration shared by all datasets (the MMR values)."""
+  c = ml_collections.ConfigDict()
+  # Dataset name; selects the prepare step and the TFDS builder.
+  c.dataset = "mmretinal"
+  # Folder written by `python -m micar_jax.data.prepare` ({train,val,test}.jsonl).
+  c.data_dir = "data/mmretinal"
+  # Global seed (run scripts: 115111211) for init, dropout and shuffling.
+  c.seed = 115111211
+
+  c.data = ml_collections.ConfigDict()
+  # Side length of the square crop fed to the vision encoder.
+  c.data.image_size = 224
+  # Shorter image side before the centre crop (torchvision IMAGENET1K_V2: 232).
+  c.data.resize_size = 232
+  # Token positions incl. <sos>/<eos>; reports are truncated to text_seq_len - 2.
+  c.data.text_seq_len = 60
+  # Word-level vocabulary: minimum train-split frequency of a kept word.
+  c.data.min_frequency = 3
+  # "word" (the reference) or "sentencepiece".
+  c.data.tokenizer = "word"
+  # SentencePiece model type ("unigram" or "bpe") when tokenizer="sentencepiece".
+  c.data.sp_model_type = "unigram"
+  # SentencePiece vocabulary size (an upper bound on tiny corpora).
+  c.data.sp_vocab_size = 4000
+  # Optional token2id.json to load instead of building from the train split.
+  c.data.vocab_path = ""
+  # Images per example: 1, or 2 for IU X-ray's frontal + lateral views.
+  c.data.num_views = 1
+  # Train-time augmentation (random resized crop + flip); the reference has none.
+  c.data.augment = False
+  # grain worker processes for decoding (0 = in the main process).
+  c.data.worker_count = 0
+  # Per-worker prefetch buffer (batches).
+  c.data.worker_buffer_size = 2
+  # Synthetic dataset only: examples generated for (train, val, test).
+  c.data.synthetic_sizes = (480, 64, 64)
+
+  c.model = ml_collections.ConfigDict()
+  # Vocabulary size V; 0 means "take it from the tokenizer".
+  c.model.vocab_size = 0
+  # ResNet depth (50, 101, 152); ignored when resnet_stages is set.
+  c.model.resnet_depth = 101
+  # Explicit bottleneck stage sizes, e.g. (1, 1, 1, 1) for tests; () = from depth.
+  c.model.resnet_stages = ()
+  # Stem width of the ResNet (64 in torchvision; stage widths are 1x,2x,4x,8x).
+  c.model.resnet_width = 64
+  # Directory of converted torchvision ResNet weights ("" = random init).
+  c.model.vision_init_from = ""
+  # FPN / fusion channel width d_v (visual token size).
+  c.model.d_v = 2048
+  # Side of the adaptive average pool grid; tokens = pool_size**2.
+  c.model.pool_size = 7
+  # Transformer width.
+  c.model.d_model = 512
+  # Latent attention width (q, k, v each d_latent, split over heads).
+  c.model.d_latent = 768
+  # Attention heads.
+  c.model.num_heads = 8
+  # Per-head channels without rotary embedding.
+  c.model.qk_nope_dim = 48
+  # Per-head channels of the rope branch (only the first half is rotated).
+  c.model.qk_rope_dim = 48
+  # RoPE base frequency.
+  c.model.rope_theta = 10000.0
+  # SwiGLU hidden width (encoder FFN and each expert).
+  c.model.d_ff = 2048
+  # Encoder blocks = decoder blocks.
+  c.model.num_layers = 3
+  # Activation: silu | gelu (exact) | selu | telu.
+  c.model.act_fn = "gelu"
+  # Dropout on attention probabilities.
+  c.model.attention_dropout = 0.12
+  # Dropout on embeddings, FFN / expert outputs and the fusion MLP.
+  c.model.dropout = 0.1
+  # Experts per MoE layer.
+  c.model.num_experts = 8
+  # Experts per token.
+  c.model.top_k = 2
+  # "sum": unweighted sum of the k experts (reference); "weighted": gate-weighted.
+  c.model.moe_combine = "sum"
+  # "entropy": sum(p_mean*log p_mean) over all tokens (reference); "switch": E*sum(f*P).
+  c.model.moe_aux_loss = "entropy"
+  # Router z-loss weight (ST-MoE); 0 disables it (reference).
+  c.model.router_z_loss_weight = 0.0
+  # Expert capacity factor; <= 0 means dropless (every routed token is computed).
+  c.model.capacity_factor = -1.0
+  # Dispatch implementation: "sort" (sort + ragged_dot) or "einsum" (capacity buffers).
+  c.model.moe_impl = "sort"
+  # Compute dtype: float32 (reference) or bfloat16 (params, norms, softmax stay fp32).
+  c.model.dtype = "float32"
+  # Rematerialise blocks in the backward pass to save memory.
+  c.model.remat = False
+
+  c.train = ml_collections.ConfigDict()
+  # Global batch size (reference: train loader keeps the last partial batch).
+  c.train.batch_size = 32
+  # Epochs.
+  c.train.epochs = 100
+  # Early stop after this many consecutive epochs without a better val score.
+  c.train.max_patience = 50
+  # Learning rate of everything but the vision encoder.
+  c.train.lr = 1e-4
+  # Learning rate of the vision encoder (MSVE).
+  c.train.v_lr = 5e-5
+  # Decoupled AdamW weight decay on every parameter.
+  c.train.weight_decay = 5e-5
+  # StepLR factor, applied every lr_step_epochs epochs.
+  c.train.gamma = 0.1
+  # StepLR period in epochs; 0 = epochs // 2 (the reference).
+  c.train.lr_step_epochs = 0
+  # Weight of the MoE auxiliary loss in the total loss.
+  c.train.aux_loss_weight = 0.01
+  # Global-norm gradient clipping; 0 disables it (reference).
+  c.train.grad_clip = 0.0
+  # Stop after this many steps (smoke runs); 0 = no limit.
+  c.train.max_steps = 0
+  # Log training metrics every this many steps.
+  c.train.log_every = 10
+  # Save the latest checkpoint every this many steps (and at each epoch end).
+  c.train.checkpoint_every = 200
+  # Keep the last partial training batch (reference) instead of dropping it.
+  c.train.keep_last_partial_batch = False
+
+  c.eval = ml_collections.ConfigDict()
+  # Eval / decode batch size.
+  c.eval.batch_size = 32
+  # "greedy" (what the reference's beam_search computes) or "beam" (true beam search).
+  c.eval.decode = "greedy"
+  # Beam width for decode="beam".
+  c.eval.beam_width = 3
+  # Length penalty alpha for beam search ((5+len)/6)**alpha; 0 = none.
+  c.eval.length_penalty = 0.0
+  # Keep tokens after the first <eos> in hypotheses (reference) or cut there.
+  c.eval.keep_after_eos = True
+  # Metric suites: "reference" (jury-equivalent), "coco" (pycocoevalcap-equivalent).
+  c.eval.suites = ("reference", "coco")
+
+  c.mesh = ml_collections.ConfigDict()
+  # Data-parallel axis size (-1 fills the remaining devices).
+  c.mesh.data = -1
+  # Fully-sharded data-parallel axis size.
+  c.mesh.fsdp = 1
+  # Expert-parallel axis size.
+  c.mesh.expert = 1
+  # Tensor-parallel axis size.
+  c.mesh.tensor = 1
+
+  # Orbax checkpoint of a whole model (e.g. from `micar_jax.convert official`).
+  c.init_from = ""
+  return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to the test size: stages (1,1,1,1), width 8, 32 px."""
+  c.data.image_size = 32
+  c.data.resize_size = 36
+  c.model.resnet_stages = (1, 1, 1, 1)
+  c.model.resnet_width = 8
+  c.model.d_v = 32
+  c.model.pool_size = 7
+  c.model.d_model = 32
+  c.model.d_latent = 56
+  c.model.num_heads = 4
+  c.model.qk_nope_dim = 6
+  c.model.qk_rope_dim = 8
+  c.model.d_ff = 64
+  c.model.num_layers = 1
+  c.model.num_experts = 4
+  c.train.batch_size = 4
+  c.eval.batch_size = 4
+  return c
+
+
+def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the `configs/x.py:ARG` variant; "" keeps c, "tiny" shrinks it."""
+  if arg in (None, ""):
+    return c
+  if arg == "tiny":
+    return tiny(c)
+  raise ValueError(f"unknown config variant {arg!r}; expected '' or 'tiny'")

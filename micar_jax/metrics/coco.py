@@ -1,0 +1,88 @@
+"""The standard captioning suite: pycocoevalcap 1.2 scorers, one by one.
+
+BLEU-1..4, METEOR 1.5 (Java), ROUGE-L (beta 1.2) and CIDEr-D, as the R2Gen
+family reports them: the scorers are called directly on whitespace-split
+strings, never through `COCOEvalCap.evaluate` (which runs SPICE, and SPICE
+downloads Stanford models). METRICS.md §3-§6 explains how these differ from
+the reference suite; do not mix the two families in one table.
+
+METEOR runs `java -jar meteor-1.5.jar`; one JVM per process is started on
+first use (5-8 s: JVM plus paraphrase table) and reused.
+"""
+
+import atexit
+import logging
+import shutil
+from typing import Any, Sequence
+
+from micar_jax.metrics import reference
+
+_METEOR: Any = None
+TOKENIZERS = ("whitespace", "jury")
+
+
+def _close_meteor() -> None:
+  """Stops the METEOR JVM while the interpreter is still whole."""
+  global _METEOR
+  meteor, _METEOR = _METEOR, None
+  del meteor  # pycocoevalcap kills the JVM in __del__
+
+
+atexit.register(_close_meteor)
+
+
+def _meteor_scorer() -> Any:
+  global _METEOR
+  if _METEOR is None:
+    from pycocoevalcap.meteor.meteor import Meteor  # pylint: disable=g-import-not-at-top
+    _METEOR = Meteor()
+  return _METEOR
+
+
+def _normalise(text: str, tokenize: str) -> str:
+  # Newlines break METEOR's stdin protocol and repeated spaces make empty
+  # tokens in Rouge's split(" "), so every string is re-joined on single spaces.
+  if tokenize == "jury":
+    return " ".join(reference.jury_tokenize(text))
+  return " ".join(text.split())
+
+
+def coco_scores(hypotheses: Sequence[str], references: Sequence[str],
+                tokenize: str = "whitespace") -> tuple[dict[str, float], dict[str, str]]:
+  """pycocoevalcap BLEU-1..4, METEOR, ROUGE-L and CIDEr-D over `[num_pairs]` pairs.
+
+  Args:
+    hypotheses: `[num_pairs]` generated reports.
+    references: `[num_pairs]` ground-truth reports (one per hypothesis).
+    tokenize: "whitespace" splits the strings as they are (project reports are
+      already lowercased with `.`/`,` as separate tokens); "jury" first applies
+      the reference suite's tokeniser, for like-for-like comparisons.
+
+  Returns:
+    `(values, skipped)`: values has `bleu1`..`bleu4`, `rougeL`, `cider` and
+    `meteor` (unless skipped); skipped maps a metric to a one-line reason.
+  """
+  if tokenize not in TOKENIZERS:
+    raise ValueError(f"tokenize={tokenize!r}; expected one of {TOKENIZERS}")
+  from pycocoevalcap.bleu.bleu import Bleu  # pylint: disable=g-import-not-at-top
+  from pycocoevalcap.cider.cider import Cider  # pylint: disable=g-import-not-at-top
+  from pycocoevalcap.rouge.rouge import Rouge  # pylint: disable=g-import-not-at-top
+
+  res = {i: [_normalise(h, tokenize)] for i, h in enumerate(hypotheses)}
+  gts = {i: [_normalise(r, tokenize)] for i, r in enumerate(references)}
+  bleus, _ = Bleu(4).compute_score(gts, res, verbose=0)
+  values = {f"bleu{n}": float(b) for n, b in enumerate(bleus, start=1)}
+  values["rougeL"] = float(Rouge().compute_score(gts, res)[0])
+  values["cider"] = float(Cider().compute_score(gts, res)[0])
+  skipped = {}
+  if shutil.which("java") is None:
+    skipped["meteor"] = "java not found on PATH; METEOR 1.5 skipped"
+  else:
+    try:
+      values["meteor"] = float(_meteor_scorer().compute_score(gts, res)[0])
+    except (OSError, ValueError) as e:  # the JVM died or answered garbage
+      _close_meteor()
+      skipped["meteor"] = f"METEOR 1.5 failed ({type(e).__name__}: {str(e)[:80]})"
+  for metric, reason in skipped.items():
+    logging.warning("coco/%s skipped: %s", metric, reason)
+  return values, skipped

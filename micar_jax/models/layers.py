@@ -1,0 +1,182 @@
+"""Shared building blocks: initialisers, RMSNorm, BatchNorm, activations, SwiGLU.
+
+Initialisers follow the reference (REFERENCE_MODEL.md §3.14): xavier-uniform
+on every weight with two or more dimensions outside the vision encoder, PyTorch's
+default U(±1/sqrt(fan_in)) on biases, ones on norm weights.
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+# Logical axis names of parameters; `micar_jax.sharding` maps them to mesh axes.
+EMBED = "embed"  # d_model
+MLP = "mlp"  # d_ff and fusion hidden widths
+LATENT = "latent"  # low-rank bottleneck of latent attention
+HEADS = "heads"  # d_latent channels (heads x head_dim)
+VOCAB = "vocab"
+EXPERT = "expert"
+VISION = "vision_embed"  # d_v, the visual token width
+CONV_IN = "conv_in"
+CONV_OUT = "conv_out"
+
+
+def xavier_uniform(axes: Sequence[str | None], batch_axis: Sequence[int] = ()) -> Callable:
+  """Xavier-uniform (symmetric in fan-in/fan-out) with logical axis names."""
+  init = nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=tuple(batch_axis))
+  return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def torch_default_uniform(fan_in: int, axes: Sequence[str | None]) -> Callable:
+  """PyTorch's default Linear/Conv bias (and kaiming(a=√5) weight) init: U(±1/sqrt(fan_in))."""
+  bound = 1.0 / (fan_in ** 0.5)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return nn.with_logical_partitioning(init, tuple(axes))
+
+
+class Dense(nn.Module):
+  """A Linear layer laid out like PyTorch's, initialised like the reference.
+
+  Kernel `[in, out]` with xavier-uniform; optional bias with U(±1/sqrt(in)).
+
+  Attributes:
+    features: output width.
+    axes: logical names of the kernel's (in, out) axes.
+    use_bias: whether to add a bias.
+    dtype: computation dtype (parameters stay float32).
+  """
+
+  features: int
+  axes: tuple[str | None, str | None]
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """[..., in] -> [..., features]."""
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", xavier_uniform(self.axes), (fan_in, self.features))
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", torch_default_uniform(fan_in, (self.axes[1],)), (self.features,))
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class RMSNorm(nn.Module):
+  """x * rsqrt(mean(x²) + eps) in float32, cast back, times a weight (init 1).
+
+  Attributes:
+    axis_name: logical name of the normalised axis.
+    eps: added inside the square root (reference: 1e-6).
+  """
+
+  axis_name: str | None = EMBED
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """[..., d] -> [..., d] in x's dtype."""
+    weight = self.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)), (x.shape[-1],))
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return normed.astype(x.dtype) * weight.astype(x.dtype)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm2d with PyTorch's semantics over NHWC inputs.
+
+  Train mode normalises with the biased batch variance and updates the running
+  variance with the unbiased one (as torch does); eval mode uses the running
+  statistics. Statistics are computed in float32. Under `jax.jit` with a
+  batch-sharded input, the reductions become cross-device automatically.
+
+  Attributes:
+    momentum: weight of the old running statistic (torch momentum 0.1 -> 0.9).
+    eps: variance epsilon.
+    channel_axis: logical name of the channel axis.
+  """
+
+  momentum: float = 0.9
+  eps: float = 1e-5
+  channel_axis: str | None = CONV_OUT
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    """[batch, h, w, c] -> [batch, h, w, c]."""
+    c = x.shape[-1]
+    axes = (self.channel_axis,)
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, axes), (c,))
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, axes), (c,))
+    ra_mean = self.variable("batch_stats", "mean",
+                            nn.with_logical_partitioning(nn.initializers.zeros, axes), None, (c,))
+    ra_var = self.variable("batch_stats", "var",
+                           nn.with_logical_partitioning(nn.initializers.ones, axes), None, (c,))
+    xf = x.astype(jnp.float32)
+    if train:
+      reduce_axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xf, axis=reduce_axes)
+      var = jnp.mean(jnp.square(xf - mean), axis=reduce_axes)
+      if not self.is_initializing():
+        n = xf.size // c
+        unbiased = var * (n / max(n - 1, 1))
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+    return y.astype(x.dtype)
+
+
+def telu(x: Array) -> Array:
+  """TeLU: x * tanh(exp(x))."""
+  return x * jnp.tanh(jnp.exp(x))
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "silu": nn.silu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "selu": nn.selu,
+    "telu": telu,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  """Looks up an activation by its config name (silu, gelu, selu, telu)."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+class SwiGLU(nn.Module):
+  """w2(act(w1 x) * w3 x) without biases, dropout on the output.
+
+  Attributes:
+    d_ff: hidden width.
+    act_fn: activation name (gelu makes it a GeGLU).
+    dropout: output dropout rate.
+    dtype: computation dtype.
+  """
+
+  d_ff: int
+  act_fn: str
+  dropout: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    """[batch, tokens, d_model] -> [batch, tokens, d_model]."""
+    act = activation(self.act_fn)
+    h = act(Dense(self.d_ff, (EMBED, MLP), dtype=self.dtype, name="w1")(x))
+    h = h * Dense(self.d_ff, (EMBED, MLP), dtype=self.dtype, name="w3")(x)
+    y = Dense(x.shape[-1], (MLP, EMBED), dtype=self.dtype, name="w2")(h)
+    return nn.Dropout(self.dropout)(y, deterministic=not train)

@@ -1,0 +1,121 @@
+"""Text embedding, encoder blocks and decoder blocks (REFERENCE_MODEL.md §3.4-3.10)."""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from micar_jax.models import attention, fusion, layers, moe
+
+Array = jax.Array
+
+
+def sinusoidal_table(length: int, d_model: int) -> np.ndarray:
+  """[length, d_model] fixed PE with sin/cos interleaved (even = sin, odd = cos)."""
+  pos = np.arange(length, dtype=np.float32)[:, None]
+  div = np.exp(np.arange(0, d_model, 2, dtype=np.float32) * (-math.log(10000.0) / d_model))
+  pe = np.zeros((length, d_model), np.float32)
+  pe[:, 0::2] = np.sin(pos * div)
+  pe[:, 1::2] = np.cos(pos * div)
+  return pe
+
+
+class TextEmbedding(nn.Module):
+  """Embedding · sqrt(d_model) + sinusoidal PE + dropout.
+
+  Attributes:
+    vocab_size: V.
+    d_model: width.
+    max_len: PE table length (text_seq_len).
+    dropout: rate.
+    dtype: computation dtype.
+  """
+
+  vocab_size: int
+  d_model: int
+  max_len: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids: Array, train: bool, position: Array | None = None) -> Array:
+    """[b, t] int ids -> [b, t, d_model]; `position` offsets the PE when decoding (t = 1)."""
+    table = self.param("embedding", layers.xavier_uniform((layers.VOCAB, layers.EMBED)),
+                       (self.vocab_size, self.d_model))
+    x = jnp.take(table, ids, axis=0).astype(self.dtype) * math.sqrt(self.d_model)
+    pe = jnp.asarray(sinusoidal_table(self.max_len, self.d_model))
+    start = 0 if position is None else position
+    pe = jax.lax.dynamic_slice_in_dim(pe, start, ids.shape[1], axis=0)
+    return nn.Dropout(self.dropout)(x + pe.astype(self.dtype), deterministic=not train)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-norm latent self-attention (no mask) + SwiGLU over image tokens.
+
+  Attributes:
+    cfg: the model configuration (micar_jax.models.model.ModelConfig).
+  """
+
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    """[b, n_img, d_model] -> [b, n_img, d_model]."""
+    c = self.cfg
+    sa = attention.LatentSelfAttention(
+        num_heads=c.num_heads, d_latent=c.d_latent, qk_nope_dim=c.qk_nope_dim,
+        qk_rope_dim=c.qk_rope_dim, rope_theta=c.rope_theta, attention_dropout=c.attention_dropout,
+        dtype=c.compute_dtype, d_model=c.d_model, name="self_attention")
+    x = x + sa(layers.RMSNorm(name="norm_sa")(x), None, train)
+    ff = layers.SwiGLU(c.d_ff, c.act_fn, c.dropout, c.compute_dtype, name="ff")
+    return x + ff(layers.RMSNorm(name="norm_ff")(x), train)
+
+
+class DecoderBlock(nn.Module):
+  """Causal latent self-attention, GatedFusion (double residual), MoE.
+
+  Attributes:
+    cfg: the model configuration.
+    decode: single-token decoding with caches.
+  """
+
+  cfg: Any
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, memory: Array | None, mask: Array | None, train: bool,
+               position: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """One decoder layer.
+
+    Args:
+      x: [b, t, d_model] text stream.
+      memory: [b, n_img, d_model] encoder output (None on cached decode steps).
+      mask: [b, 1, t, t] causal-and-padding mask (ignored when decoding).
+      train: enables dropout.
+      position: scalar text position when decoding.
+
+    Returns:
+      [b, t, d_model] and the MoE statistics.
+    """
+    c = self.cfg
+    sa = attention.LatentSelfAttention(
+        num_heads=c.num_heads, d_latent=c.d_latent, qk_nope_dim=c.qk_nope_dim,
+        qk_rope_dim=c.qk_rope_dim, rope_theta=c.rope_theta, attention_dropout=c.attention_dropout,
+        dtype=c.compute_dtype, d_model=c.d_model, decode=self.decode, max_len=c.max_len,
+        name="self_attention")
+    x = x + sa(layers.RMSNorm(name="norm_sa")(x), mask, train, position)
+    gf = fusion.GatedFusion(
+        d_model=c.d_model, d_latent=c.d_latent, num_heads=c.num_heads,
+        qk_nope_dim=c.qk_nope_dim, qk_rope_dim=c.qk_rope_dim, act_fn=c.act_fn,
+        attention_dropout=c.attention_dropout, dropout=c.dropout, rope_theta=c.rope_theta,
+        decode=self.decode, dtype=c.compute_dtype, name="gated_fusion")
+    x = x + gf(x, memory, train, position)
+    experts = moe.MoE(
+        num_experts=c.num_experts, top_k=c.top_k, d_ff=c.d_ff, act_fn=c.act_fn,
+        dropout=c.dropout, combine=c.moe_combine, aux_loss=c.moe_aux_loss,
+        capacity_factor=c.capacity_factor, impl=c.moe_impl, dtype=c.compute_dtype, name="moe")
+    y, stats = experts(layers.RMSNorm(name="norm_moe")(x), train)
+    return x + y, stats
