@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.worker_count = 0
   # Per-worker prefetch buffer (batches).
   c.data.worker_buffer_size = 2
+  # "jsonl" (prepared folder) or "tfds" (array_record built by micar_jax.data.tfds_builders).
+  c.data.source = "jsonl"
+  # TFDS data_dir for source="tfds" ("" = ~/tensorflow_datasets).
+  c.data.tfds_data_dir = ""
   # Synthetic dataset only: examples generated for (train, val, test).
   c.data.synthetic_sizes = (480, 64, 64)
 
@@ -148,6 +152,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.keep_after_eos = True
   # Metric suites: "reference" (jury-equivalent), "coco" (pycocoevalcap-equivalent).
   c.eval.suites = ("reference", "coco")
+  # nltk data folder holding WordNet (built from Debian's wordnet packages on first use);
+  # "" = nltk's own search paths only. Without WordNet, nltk METEOR is skipped.
+  c.eval.wordnet_dir = ""
+  # Tokenisation for the coco suite: "whitespace" (as decoded) or "jury".
+  c.eval.coco_tokenize = "whitespace"
+  # Folder with the RaTEScore model folders; "" skips RaTEScore.
+  c.eval.ratescore_dir = ""
 
   c.mesh = ml_collections.ConfigDict()
   # Data-parallel axis size (-1 fills the remaining devices).

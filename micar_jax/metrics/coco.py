@@ -60,13 +60,19 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[str],
 
   Returns:
     `(values, skipped)`: values has `bleu1`..`bleu4`, `rougeL`, `cider` and
-    `meteor` (unless skipped); skipped maps a metric to a one-line reason.
+    `meteor` (unless skipped); skipped maps a metric, or "*" for the whole
+    suite, to a one-line reason.
   """
   if tokenize not in TOKENIZERS:
     raise ValueError(f"tokenize={tokenize!r}; expected one of {TOKENIZERS}")
-  from pycocoevalcap.bleu.bleu import Bleu  # pylint: disable=g-import-not-at-top
-  from pycocoevalcap.cider.cider import Cider  # pylint: disable=g-import-not-at-top
-  from pycocoevalcap.rouge.rouge import Rouge  # pylint: disable=g-import-not-at-top
+  reference.check_pairs(hypotheses, references)
+  try:
+    from pycocoevalcap.bleu.bleu import Bleu  # pylint: disable=g-import-not-at-top
+    from pycocoevalcap.cider.cider import Cider  # pylint: disable=g-import-not-at-top
+    from pycocoevalcap.rouge.rouge import Rouge  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning("coco suite skipped: pycocoevalcap is not installed")
+    return {}, {"*": "pycocoevalcap is not installed; coco suite skipped"}
 
   res = {i: [_normalise(h, tokenize)] for i, h in enumerate(hypotheses)}
   gts = {i: [_normalise(r, tokenize)] for i, r in enumerate(references)}

@@ -22,6 +22,17 @@ from typing import Any, Sequence
 _PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
 
 
+def check_pairs(hypotheses: Sequence[str], references: Sequence[str]) -> None:
+  """Raises a one-line ValueError unless there are >= 1 aligned string pairs."""
+  if len(hypotheses) != len(references):
+    raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+  if not hypotheses:
+    raise ValueError("no hypothesis/reference pairs to score")
+  for i, (h, r) in enumerate(zip(hypotheses, references)):
+    if not isinstance(h, str) or not isinstance(r, str):
+      raise ValueError(f"pair {i} is not two strings: {type(h).__name__}, {type(r).__name__}")
+
+
 def jury_tokenize(text: str) -> list[str]:
   """Splits like jury's DefaultTokenizer: so `<unk>` -> `unk`, `.` vanishes."""
   return text.translate(_PUNCT_TO_SPACE).lower().split()
@@ -121,6 +132,7 @@ def reference_scores(hypotheses: Sequence[str], references: Sequence[str],
   Returns:
     `bleu1`..`bleu4`, `rougeL`, `score`, and `meteor` when WordNet is given.
   """
+  check_pairs(hypotheses, references)
   hyp_tokens = [jury_tokenize(h) for h in hypotheses]
   ref_tokens = [jury_tokenize(r) for r in references]
   bleus = corpus_bleu(hyp_tokens, ref_tokens, max_order=4)

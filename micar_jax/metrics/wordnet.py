@@ -6,10 +6,11 @@ packages ship the same WordNet 3.0 database under /usr/share/wordnet, minus
 the `lexnames` table that nltk's reader requires; `prepare_wordnet` copies
 those files into an nltk data folder and writes the table.
 
-Usage (needs `apt-get install --no-install-recommends wordnet-base
-wordnet-sense-index`):
+Setup: `apt-get install --no-install-recommends wordnet-base
+wordnet-sense-index`, then either pass any writable folder as `wordnet_dir`
+(built there on first use) or build one explicitly:
 
-  python -m micar_jax.metrics.wordnet DEST   # then pass DEST as wordnet_dir
+  python -m micar_jax.metrics.wordnet DEST [SOURCE]
 """
 
 import os
@@ -81,15 +82,19 @@ def prepare_wordnet(dest: str | os.PathLike, source: str | os.PathLike = DEBIAN_
   return dest
 
 
-def load_wordnet(wordnet_dir: str | os.PathLike | None = None) -> tuple[Any, str]:
+def load_wordnet(wordnet_dir: str | os.PathLike | None = None,
+                 build_from: str | os.PathLike | None = DEBIAN_WORDNET) -> tuple[Any, str]:
   """Loads nltk's WordNet from nltk's search paths or `wordnet_dir`.
 
   nltk's own search path covers `$NLTK_DATA`, ~/nltk_data and the usual system
   folders; `wordnet_dir` (an nltk data folder, e.g. from `prepare_wordnet`) is
-  searched first.
+  searched first. If `wordnet_dir` holds no WordNet yet but `build_from` has
+  the Debian files, the folder is built there first (once; 36 MB).
 
   Args:
     wordnet_dir: optional extra nltk data folder; "" or None for none.
+    build_from: Debian WordNet folder to build `wordnet_dir` from; None never
+      builds.
 
   Returns:
     `(reader, "")` with a loaded WordNet reader, or `(None, reason)` with a
@@ -102,13 +107,20 @@ def load_wordnet(wordnet_dir: str | os.PathLike | None = None) -> tuple[Any, str
     return None, "nltk is not installed"
   if wordnet_dir:
     wordnet_dir = os.fspath(wordnet_dir)
+    built = pathlib.Path(wordnet_dir, "corpora", "wordnet", "lexnames").is_file()
+    if not built and build_from and pathlib.Path(build_from, "data.noun").is_file():
+      try:
+        prepare_wordnet(wordnet_dir, build_from)
+      except OSError as e:
+        return None, f"cannot build WordNet in {wordnet_dir} from {build_from}: {e}"
     if wordnet_dir not in nltk.data.path:
       nltk.data.path.insert(0, wordnet_dir)
   try:
     wordnet.ensure_loaded()
   except (LookupError, OSError, AssertionError, ValueError) as e:
-    first = str(e).strip().splitlines()
-    detail = next((l.strip() for l in first if "Resource" in l), type(e).__name__)
+    # nltk's LookupError is a multi-line banner; keep its "Resource ..." line.
+    lines = str(e).strip().splitlines()
+    detail = next((l.strip() for l in lines if "Resource" in l), type(e).__name__)
     return None, (f"nltk WordNet not found ({detail}); see micar_jax.metrics.wordnet "
                   "to build it from Debian's wordnet-base")
   return wordnet, ""
@@ -121,7 +133,7 @@ def main(argv: list[str]) -> int:
     return 2
   try:
     dest = prepare_wordnet(*argv[1:])
-  except FileNotFoundError as e:
+  except OSError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   reader, reason = load_wordnet(dest)

@@ -1,0 +1,57 @@
+"""Throughput of the training input pipeline (read, decode, resize, tokenize, batch).
+
+  python -m micar_jax.data.bench --config=configs/synthetic.py \
+      [--config.data_dir=...] [--workers=0,2] [--batches=30]
+
+Prints, per worker count, the time to the first batch and examples/s over the
+following batches.
+"""
+
+import tempfile
+import time
+from collections.abc import Sequence
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from micar_jax.data import input_pipeline
+from micar_jax.data import tokenizer as tokenizer_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=False)
+_WORKERS = flags.DEFINE_list("workers", ["0", "2"], "Worker process counts to measure.")
+_BATCHES = flags.DEFINE_integer("batches", 30, "Batches timed after the first one.")
+
+
+def measure(config, tokenizer: tokenizer_lib.Tokenizer, batches: int) -> tuple[float, float]:
+  """Returns (seconds to the first batch, examples/s over `batches` more)."""
+  start = time.perf_counter()
+  it = input_pipeline.make_train_iterator(config, tokenizer)
+  try:
+    next(it)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    examples = sum(len(next(it)["index"]) for _ in range(batches))
+    return first, examples / (time.perf_counter() - start)
+  finally:
+    close = getattr(it, "close", None)
+    if close is not None:
+      close()
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  config = _CONFIG.value
+  with tempfile.TemporaryDirectory() as workdir:
+    tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
+  print(f"dataset {config.dataset} at {config.data_dir}: image {config.data.image_size}px "
+        f"(resize {config.data.resize_size}), batch {config.train.batch_size}, "
+        f"augment {config.data.augment}")
+  for workers in (int(w) for w in _WORKERS.value):
+    config.data.worker_count = workers
+    first, rate = measure(config, tokenizer, _BATCHES.value)
+    print(f"workers={workers}: first batch {first:.2f} s, {rate:.1f} examples/s")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

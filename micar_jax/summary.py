@@ -1,0 +1,41 @@
+"""Parameter table of a config's model, computed from shapes only (jax.eval_shape)."""
+
+import collections
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from micar_jax.models import model as model_lib
+
+
+def abstract_variables(mc: model_lib.ModelConfig, batch: int = 1) -> dict:
+  """Shapes and dtypes of the model's variables, without allocating them."""
+  size = 224
+  model = model_lib.MicarVLMoE(mc)
+  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  ids = jax.ShapeDtypeStruct((batch, mc.max_len), jnp.int32)
+  init = lambda im, tok: model.init(jax.random.PRNGKey(0), im, tok)
+  return nn.meta.unbox(jax.eval_shape(init, images, ids))
+
+
+def parameter_table(params: dict, depth: int = 2) -> list[tuple[str, int]]:
+  """(module path truncated to `depth` levels, parameter count) in tree order."""
+  counts: dict[str, int] = collections.OrderedDict()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    keys = [getattr(k, "key", str(k)) for k in path]
+    name = "/".join(keys[:depth])
+    counts[name] = counts.get(name, 0) + int(np.prod(leaf.shape))
+  return list(counts.items())
+
+
+def format_summary(params: dict, depth: int = 2) -> str:
+  """The table as text, ending with `total_params=<N>` (trainable parameters)."""
+  rows = parameter_table(params, depth)
+  width = max(len(name) for name, _ in rows)
+  lines = [f"{'module'.ljust(width)}  {'params':>13}"]
+  lines += [f"{name.ljust(width)}  {count:>13,}" for name, count in rows]
+  total = sum(count for _, count in rows)
+  lines.append(f"total_params={total}")
+  return "\n".join(lines)

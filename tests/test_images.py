@@ -1,0 +1,82 @@
+"""Tests for micar_jax.data.images (torchvision IMAGENET1K_V2 semantics)."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from micar_jax.data import images
+
+
+@pytest.mark.parametrize("hw,size,expected", [
+    ((480, 640), 232, (232, 309)),  # int(232 * 640 / 480) = 309 (floor)
+    ((640, 480), 232, (309, 232)),
+    ((100, 100), 232, (232, 232)),
+    ((233, 1000), 232, (232, 995)),
+])
+def test_resized_size_rule(hw, size, expected):
+  assert images.resized_size(*hw, size) == expected
+
+
+def test_crop_offsets_round_half_to_even():
+  assert images.crop_offsets(233, 225, 224) == (4, 0)  # 4.5 -> 4, 0.5 -> 0
+  assert images.crop_offsets(235, 227, 224) == (6, 2)  # 5.5 -> 6, 1.5 -> 2
+  with pytest.raises(ValueError):
+    images.crop_offsets(200, 300, 224)
+
+
+def test_preprocess_hand_computed_when_resize_is_identity():
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+  out = images.preprocess(Image.fromarray(pixels), resize_size=6, image_size=4)
+  # Shorter side already 6: no resize; crop offsets (1, round(1.5) = 2).
+  expected = (pixels[1:5, 2:6].astype(np.float32) / 255 - [0.485, 0.456, 0.406]) / [
+      0.229, 0.224, 0.225]
+  assert out.shape == (4, 4, 3) and out.dtype == np.float32
+  np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_preprocess_uniform_image_stays_uniform_after_antialiased_resize():
+  img = Image.new("RGB", (300, 500), (255, 0, 128))
+  out = images.preprocess(img, 232, 224)
+  np.testing.assert_allclose(out[0, 0], [(1 - .485) / .229, -.456 / .224, (128 / 255 - .406) / .225],
+                             atol=1e-6)
+  np.testing.assert_allclose(out, np.broadcast_to(out[0, 0], out.shape), atol=1e-6)
+
+
+def test_decode_converts_grayscale_and_palette_to_rgb(tmp_path):
+  Image.new("L", (5, 4), 7).save(tmp_path / "g.png")
+  Image.new("P", (5, 4), 3).save(tmp_path / "p.png")
+  for name in ("g.png", "p.png"):
+    img = images.decode(tmp_path / name)
+    assert img.mode == "RGB" and img.size == (5, 4)
+  assert images.decode((tmp_path / "g.png").read_bytes()).getpixel((0, 0)) == (7, 7, 7)
+
+
+def test_missing_and_corrupt_images_raise_image_error(tmp_path):
+  (tmp_path / "bad.jpg").write_bytes(b"not an image")
+  with pytest.raises(images.ImageError, match="bad.jpg"):
+    images.load(tmp_path / "bad.jpg", 8, 8)
+  with pytest.raises(images.ImageError, match="nope.png"):
+    images.load(tmp_path / "nope.png", 8, 8)
+  Image.new("RGB", (40, 40)).save(tmp_path / "t.png")
+  (tmp_path / "trunc.png").write_bytes((tmp_path / "t.png").read_bytes()[:60])
+  with pytest.raises(images.ImageError):
+    images.load(tmp_path / "trunc.png", 8, 8)
+
+
+def test_augment_is_seeded_and_sized():
+  img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+  a = images.load(_png(img), 40, 32, rng=np.random.default_rng(5))
+  b = images.load(_png(img), 40, 32, rng=np.random.default_rng(5))
+  c = images.load(_png(img), 40, 32, rng=np.random.default_rng(6))
+  assert a.shape == (32, 32, 3) and a.dtype == np.float32
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def _png(img):
+  buf = io.BytesIO()
+  img.save(buf, format="PNG")
+  return buf.getvalue()

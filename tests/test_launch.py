@@ -1,0 +1,274 @@
+"""Tests for the launch scripts in launch/, through their --dry-run output.
+
+gcloud, sbatch and srun are shadowed on PATH by stand-ins that record each
+call, so a test fails if --dry-run ever runs a command instead of printing it,
+and the real (not dry) path can be followed through a failing step. Printed
+lines are split into words by bash itself, which checks that the
+quoting survives a real shell.
+"""
+
+import pathlib
+import subprocess
+
+import pytest
+
+LAUNCH = pathlib.Path(__file__).resolve().parent.parent / "launch"
+SPACED = "--workdir=gs://bucket/my run"
+MAIN_FLAGS = ["--", "--config=configs/mmr.py", SPACED, "--config.mesh.fsdp=2"]
+
+
+@pytest.fixture
+def launch(tmp_path):
+  """Returns run(script, *args) -> CompletedProcess.
+
+  gcloud, sbatch and srun on PATH are stand-ins that append their command line
+  to a file read by `run.calls()`, and exit 0, or 3 when a word of it equals
+  `run.fail_on`.
+  """
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  calls = tmp_path / "calls"
+  fail_on = tmp_path / "fail_on"
+  for tool in ("gcloud", "sbatch", "srun"):
+    stub = bin_dir / tool
+    stub.write_text(
+        f'#!/bin/sh\necho "{tool} $*" >> "{calls}"\n'
+        f'fail=$(cat "{fail_on}" 2>/dev/null)\n'
+        'case " $* " in *" $fail "*) [ -n "$fail" ] && exit 3;; esac\n'
+        'exit 0\n')
+    stub.chmod(0o755)
+  env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+  def run(script, *args):
+    if run.fail_on:
+      fail_on.write_text(run.fail_on)
+    return subprocess.run(
+        ["bash", str(LAUNCH / script), *args], capture_output=True,
+        text=True, env=env, cwd=tmp_path, timeout=30, check=False)
+
+  run.fail_on = ""
+  run.calls = lambda: calls.read_text().splitlines() if calls.exists() else []
+  return run
+
+
+def words(line):
+  """Splits one printed command line into words the way bash does."""
+  out = subprocess.run(
+      ["bash", "-c", f"set -- {line}\nprintf '%s\\0' \"$@\""],
+      capture_output=True, text=True, check=True)
+  return out.stdout.split("\0")[:-1]
+
+
+def dry_run_lines(run, script, *args):
+  """Runs with --dry-run (placed before any `--`); returns stdout's lines."""
+  result = run(script, "--dry-run", *args)
+  assert run.calls() == [], "--dry-run ran a command"
+  assert result.returncode == 0, result.stderr
+  assert result.stderr == ""
+  return result.stdout.splitlines()
+
+
+def flag(ws, name):
+  """Returns the value of `name=value` among words ws."""
+  values = [w.split("=", 1)[1] for w in ws if w.startswith(name + "=")]
+  assert len(values) == 1, (name, ws)
+  return values[0]
+
+
+def remote_main_words(command):
+  """Words of the `env ... python -m micar_jax.main ...` part of a command."""
+  main = command.split("; ")[-1].split(" 2>&1 | tee")[0]
+  return words(main)
+
+
+TPU_ALL = ("all", "--name", "micar-v4", "--zone", "us-central2-b",
+           "--accelerator-type=v4-32", "--queued", "--spot",
+           "--project", "proj", "--env", "TFDS_DATA_DIR=gs://b/tfds dir")
+
+
+def test_tpu_all_queued_runs_every_step_on_all_workers(launch):
+  lines = [words(l) for l in dry_run_lines(launch, "tpu.sh", *TPU_ALL,
+                                           *MAIN_FLAGS)]
+  assert [ws[:5] if ws[0] == "gcloud" else ws[:2] for ws in lines] == [
+      ["gcloud", "compute", "tpus", "queued-resources", "create"],
+      ["gcloud", "compute", "tpus", "queued-resources", "describe"],
+      ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],
+      ["gcloud", "compute", "tpus", "tpu-vm", "scp"],
+      ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],
+      ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],
+      ["mkdir", "-p"],
+      ["gcloud", "compute", "tpus", "tpu-vm", "scp"],
+      ["gcloud", "compute", "tpus", "queued-resources", "delete"],
+  ]
+  create, _, mkdir, copy, setup, train, _, logs, delete = lines
+  assert create[5] == "micar-v4"
+  assert flag(create, "--node-id") == "micar-v4"
+  assert flag(create, "--runtime-version") == "tpu-ubuntu2204-base"
+  assert "--spot" in create
+  for ws in lines:
+    if ws[0] == "gcloud":
+      assert flag(ws, "--zone") == "us-central2-b"
+      assert flag(ws, "--project") == "proj"
+  for ws in (mkdir, copy, setup, train, logs):
+    assert "--worker=all" in ws
+  assert "--recurse" in copy and copy[-3] == "micar-v4:micar_jax"
+  copied = {pathlib.Path(w).name for w in copy if w.startswith("/")}
+  assert {"pyproject.toml", "micar_jax", "configs"} <= copied
+  assert not copied & {"tests", ".venv", ".git"}
+  setup_cmd = flag(setup, "--command")
+  assert "pip install -q -e . 'jax[tpu]'" in setup_cmd
+  assert remote_main_words(flag(train, "--command")) == [
+      "env", "TFDS_DATA_DIR=gs://b/tfds dir", "../micar_venv/bin/python",
+      "-m", "micar_jax.main", *MAIN_FLAGS[1:]]
+  assert logs[5:7] == ["--recurse", "--worker=all"]
+  assert logs[7:9] == ["micar-v4:micar_logs", "tpu_logs/micar-v4"]
+  assert "--force" in delete and "--quiet" in delete
+
+
+def test_tpu_all_keep_skips_delete(launch):
+  lines = dry_run_lines(launch, "tpu.sh", *TPU_ALL, "--keep")
+  assert not any(" delete " in l for l in lines)
+  assert "micar-v4:micar_logs" in lines[-1]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_tpu_all_fetches_logs_and_deletes_after_a_failed_step(launch, tmp_path,
+                                                             keep):
+  launch.fail_on = "ssh"
+  result = launch("tpu.sh", "all", "--name", "t", "--zone", "z",
+                  "--accelerator-type", "v4-8", *(["--keep"] if keep else []))
+  assert result.returncode == 3
+  steps = [call.split()[3:5] for call in launch.calls()]
+  assert steps == [["tpu-vm", "create"], ["tpu-vm", "ssh"], ["tpu-vm", "scp"],
+                   *([] if keep else [["tpu-vm", "delete"]])]
+  assert (tmp_path / "tpu_logs" / "t").is_dir()
+
+
+@pytest.mark.parametrize("accelerator, runtime", [
+    ("v4-32", "tpu-ubuntu2204-base"),
+    ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+    ("v5p-8", "v2-alpha-tpuv5"),
+    ("v6e-16", "v2-alpha-tpuv6e"),
+])
+def test_tpu_create_vm_picks_runtime_by_generation(launch, accelerator,
+                                                   runtime):
+  (line,) = dry_run_lines(launch, "tpu.sh", "create", "--name", "t",
+                          "--zone", "z", "--accelerator-type", accelerator)
+  ws = words(line)
+  assert ws[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "t"]
+  assert flag(ws, "--accelerator-type") == accelerator
+  assert flag(ws, "--version") == runtime
+  assert "--spot" not in ws and not any(w.startswith("--project") for w in ws)
+
+
+def test_tpu_runtime_version_flag_overrides_default(launch):
+  (line,) = dry_run_lines(launch, "tpu.sh", "create", "--name", "t",
+                          "--zone", "z", "--accelerator-type", "v5p-8",
+                          "--runtime-version", "tpu-ubuntu2204-base")
+  assert flag(words(line), "--version") == "tpu-ubuntu2204-base"
+
+
+def test_tpu_run_and_delete_single_commands(launch):
+  (run,) = dry_run_lines(launch, "tpu.sh", "run", "--name", "t", "--zone",
+                         "z", *MAIN_FLAGS)
+  ws = words(run)
+  assert ws[3:6] == ["tpu-vm", "ssh", "t"] and "--worker=all" in ws
+  assert remote_main_words(flag(ws, "--command"))[-3:] == MAIN_FLAGS[1:]
+  (delete,) = dry_run_lines(launch, "tpu.sh", "delete", "--name", "t",
+                            "--zone", "z")
+  assert words(delete) == ["gcloud", "compute", "tpus", "tpu-vm", "delete",
+                           "t", "--quiet", "--zone=z"]
+
+
+def test_gpu_local_sets_env_and_passes_flags_through(launch):
+  (line,) = dry_run_lines(launch, "gpu_local.sh", "--gpus", "0,2",
+                          "--mem-fraction=.9", "--env", "A=b c", *MAIN_FLAGS)
+  assert words(line) == [
+      "env", "XLA_PYTHON_CLIENT_MEM_FRACTION=.9",
+      "CUDA_DEVICE_MAX_CONNECTIONS=1", "CUDA_VISIBLE_DEVICES=0,2", "A=b c",
+      "python3", "-m", "micar_jax.main", *MAIN_FLAGS[1:]]
+
+
+def test_gpu_local_without_gpus_leaves_devices_visible(launch):
+  (line,) = dry_run_lines(launch, "gpu_local.sh", "--python", "/v/bin/py")
+  ws = words(line)
+  assert not any(w.startswith("CUDA_VISIBLE_DEVICES") for w in ws)
+  assert ws[-3:] == ["/v/bin/py", "-m", "micar_jax.main"]
+
+
+def test_slurm_prints_script_and_submit_command(launch, tmp_path):
+  lines = dry_run_lines(launch, "slurm.sh", "--nodes", "2",
+                        "--gpus-per-node=4", "--partition", "gpu", "--time",
+                        "12:00:00", "--account", "acct", "--nccl-ifname",
+                        "ib0", *MAIN_FLAGS)
+  assert lines[0] == "#!/bin/bash"
+  directives = [l for l in lines if l.startswith("#SBATCH")]
+  assert directives == [
+      "#SBATCH --job-name=micar_jax", "#SBATCH --nodes=2",
+      "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
+      "#SBATCH --partition=gpu", "#SBATCH --time=12:00:00",
+      "#SBATCH --account=acct", "#SBATCH --output=%x-%j.out"]
+  exports = dict(l[len("export "):].split("=", 1) for l in lines
+                 if l.startswith("export "))
+  assert exports["JAX_LOCAL_DEVICE_IDS"] == "0,1,2,3"
+  assert exports["NCCL_SOCKET_IFNAME"] == "ib0"
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION" in exports
+  srun = words(lines[-2])
+  assert srun == ["srun", "--nodes=2", "--ntasks-per-node=1",
+                  "--gpus-per-node=4", "python3", "-m", "micar_jax.main",
+                  *MAIN_FLAGS[1:]]
+  assert words(lines[-1]) == ["sbatch", "micar_jax.sbatch"]
+  assert not (tmp_path / "micar_jax.sbatch").exists()
+
+
+def test_slurm_submits_the_script_it_prints(launch, tmp_path):
+  args = ("--nodes", "2", "--script-file", "j.sbatch", *MAIN_FLAGS)
+  printed = dry_run_lines(launch, "slurm.sh", *args)
+  result = launch("slurm.sh", *args)
+  assert result.returncode == 0, result.stderr
+  assert launch.calls() == ["sbatch j.sbatch"]
+  assert (tmp_path / "j.sbatch").read_text().splitlines() == printed[:-1]
+
+
+def test_slurm_script_is_valid_bash_and_omits_unset_directives(launch):
+  lines = dry_run_lines(launch, "slurm.sh", "--nodes", "1", "--job-name",
+                        "j", "--script-file", "out/j.sh")
+  assert not any(l.startswith(("#SBATCH --partition", "#SBATCH --time",
+                               "#SBATCH --account", "#SBATCH --cpus"))
+                 for l in lines)
+  assert words(lines[-1]) == ["sbatch", "out/j.sh"]
+  script = "\n".join(lines[:-1]) + "\n"
+  assert subprocess.run(["bash", "-n"], input=script, text=True,
+                        check=False).returncode == 0
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("tpu.sh", [], "missing COMMAND"),
+    ("tpu.sh", ["launch"], "unknown COMMAND 'launch'"),
+    ("tpu.sh", ["run", "--zone", "z"], "missing required flag --name"),
+    ("tpu.sh", ["create", "--name", "t", "--zone", "z"],
+     "missing required flag --accelerator-type"),
+    ("tpu.sh", ["logs", "--name", "t", "--zone"], "--zone needs a value"),
+    ("tpu.sh", ["logs", "--name", "t", "--zone", "z", "--worker=all"],
+     "unknown argument '--worker'"),
+    ("gpu_local.sh", ["--gpus", "all"], "--gpus expects"),
+    ("gpu_local.sh", ["--mem-fraction", "2"], "--mem-fraction must be"),
+    ("gpu_local.sh", ["--env", "no_equals"], "--env expects KEY=VALUE"),
+    ("slurm.sh", ["--partition", "gpu"], "missing required flag --nodes"),
+    ("slurm.sh", ["--nodes", "two"], "--nodes must be a positive integer"),
+])
+def test_bad_input_gives_one_line_error(launch, script, args, message):
+  result = launch(script, "--dry-run", *args)
+  assert launch.calls() == []
+  assert result.returncode == 2
+  assert result.stdout == ""
+  assert len(result.stderr.splitlines()) == 1
+  assert result.stderr.startswith(f"{script}: error: ")
+  assert message in result.stderr
+
+
+@pytest.mark.parametrize("script", ["tpu.sh", "gpu_local.sh", "slurm.sh"])
+def test_help_describes_dry_run(launch, script):
+  result = launch(script, "--help")
+  assert result.returncode == 0
+  assert "--dry-run" in result.stdout and "Example:" in result.stdout

@@ -1,0 +1,48 @@
+"""MSVE: torch-equivalent bilinear upsampling and adaptive pooling, shapes."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from micar_jax.models import msve
+
+
+def test_bilinear_matrix_matches_hand_values():
+  # torch: F.interpolate([a, b], size=4, mode="linear", align_corners=False)
+  # gives [a, .75a + .25b, .25a + .75b, b].
+  np.testing.assert_allclose(msve.bilinear_matrix(4, 2),
+                             [[1, 0], [.75, .25], [.25, .75], [0, 1]])
+  # x8 from 1 pixel replicates it.
+  np.testing.assert_allclose(msve.bilinear_matrix(8, 1), np.ones((8, 1)))
+  # Rows always sum to one.
+  np.testing.assert_allclose(msve.bilinear_matrix(56, 7).sum(1), 1, rtol=1e-6)
+  # x8 (7 -> 56): output 4 sits at source (4.5 / 8) - 0.5 = 0.0625.
+  np.testing.assert_allclose(msve.bilinear_matrix(56, 7)[4, :2], [0.9375, 0.0625], rtol=1e-6)
+
+
+def test_adaptive_pool_bins_follow_torch():
+  m = msve.adaptive_pool_matrix(7, 56)
+  np.testing.assert_allclose(m, np.kron(np.eye(7), np.ones((1, 8)) / 8))
+  # 8 -> 7 overlaps bins: bin i covers floor(8i/7) .. ceil(8(i+1)/7).
+  m = msve.adaptive_pool_matrix(7, 8)
+  np.testing.assert_allclose(m[0], [.5, .5, 0, 0, 0, 0, 0, 0])
+  np.testing.assert_allclose(m[3], [0, 0, 0, .5, .5, 0, 0, 0])
+
+
+def test_msve_tokens_shape_and_raster_order():
+  enc = msve.MSVE((1, 1, 1, 1), 8, 16, 7)
+  x = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
+  v = nn.meta.unbox(enc.init(jax.random.PRNGKey(0), x, train=False))
+  tokens = enc.apply(v, x, train=False)
+  assert tokens.shape == (2, 49, 16)
+  _, upd = enc.apply(v, x, train=True, mutable=["batch_stats"])
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), v["batch_stats"], upd["batch_stats"])
+  assert all(jax.tree.leaves(changed))
+
+
+def test_resize_2d_applies_both_axes():
+  x = jnp.arange(4.0).reshape(1, 2, 2, 1)
+  y = msve.upsample(x, (4, 4))
+  np.testing.assert_allclose(y[0, :, 0, 0], [0, .5, 1.5, 2])
+  np.testing.assert_allclose(y[0, 0, :, 0], [0, .25, .75, 1])
