@@ -65,7 +65,8 @@ class ModelConfig:
                        f"{sorted(defaults.RESNET_STAGES)} or set model.resnet_stages")
     v = vocab_size or m.vocab_size
     if not v:
-      raise ValueError("model.vocab_size is 0 and no tokenizer gave a vocabulary size")
+      raise ValueError("model.vocab_size is 0 and no tokenizer gave a vocabulary size "
+                       "(pass --config.model.vocab_size=N)")
     return cls(
         vocab_size=int(v), max_len=config.data.text_seq_len, stage_sizes=tuple(stages),
         resnet_width=m.resnet_width, d_v=m.d_v, pool_size=m.pool_size,

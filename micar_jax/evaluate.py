@@ -1,0 +1,86 @@
+"""Evaluation: validation loss, report generation over a split, scores, output files."""
+
+import csv
+import json
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from micar_jax.data import tokenizer as tokenizer_lib
+from micar_jax.metrics import scores as scores_lib
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """Gathers a (possibly multi-host) global array into a numpy array on every host."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def validation_loss(eval_step: Callable, variables: Any, batches: Iterable[dict],
+                    put: Callable) -> float:
+  """Teacher-forced loss over a split: token-mean CE + mean weighted aux terms."""
+  ce_sum, tokens, aux, n = 0.0, 0.0, 0.0, 0
+  for batch in batches:
+    out = eval_step(variables, put(batch))
+    ce_sum += float(out["ce_sum"])
+    tokens += float(out["tokens"])
+    aux += float(out["aux"])
+    n += 1
+  return ce_sum / max(tokens, 1.0) + aux / max(n, 1)
+
+
+def generate_split(generate_fn: Callable, variables: Any, batches: Iterable[dict],
+                   rows: Sequence[dict], tokenizer: tokenizer_lib.Tokenizer, put: Callable,
+                   keep_after_eos: bool = True) -> list[dict[str, Any]]:
+  """Generates a report for every valid row, in split order.
+
+  Returns:
+    One dict per example: index, image, report (raw), reference (label-derived,
+    truncated, `<unk>` kept, as the reference scores it) and generated.
+  """
+  decode = tokenizer.decode if keep_after_eos else tokenizer.decode_clean
+  out: dict[int, dict[str, Any]] = {}
+  for batch in batches:
+    ids = to_host(generate_fn(variables, put({"images": batch["images"]})["images"]))
+    labels = batch["labels"]
+    for row, (index, valid) in enumerate(zip(batch["index"], batch["valid"])):
+      if not valid:
+        continue
+      record = rows[int(index)]
+      out[int(index)] = {"index": int(index), "image": record["image"],
+                         "report": record["report"], "reference": tokenizer.decode(labels[row]),
+                         "generated": decode(ids[row])}
+  return [out[i] for i in sorted(out)]
+
+
+def score(examples: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
+          suites: Sequence[str], against: str = "reference") -> scores_lib.Scores:
+  """Scores generated reports against label-derived references (or "report": raw)."""
+  return scores_lib.compute_scores(
+      [e["generated"] for e in examples], [e[against] for e in examples], suites=tuple(suites),
+      wordnet_dir=config.eval.wordnet_dir or None, coco_tokenize=config.eval.coco_tokenize,
+      ratescore_dir=config.eval.ratescore_dir or None)
+
+
+def write_reports_csv(path: str, examples: Sequence[dict[str, Any]]) -> None:
+  """image, reference, generated (and the raw report) per example."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["image", "reference", "generated", "raw_report"])
+    for e in examples:
+      image = e["image"] if isinstance(e["image"], str) else ";".join(e["image"])
+      writer.writerow([image, e["reference"], e["generated"], e["report"]])
+
+
+def write_json(path: str, obj: Any) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)

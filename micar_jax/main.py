@@ -1,0 +1,112 @@
+"""Command line: `python -m micar_jax.main --config=configs/<dataset>.py --workdir=DIR`.
+
+Modes:
+  train    train with per-epoch validation and early stopping, then test the best
+           checkpoint (resumes from DIR when it holds a run);
+  test     test the best checkpoint (or --config.init_from) on the test split;
+  predict  write DIR/predictions.jsonl for --images (files or a directory);
+  summary  print the parameter table and total_params=<N> (no allocation).
+
+Overrides: any config field, e.g. `--config.train.max_steps=20`. Problems the
+user can fix are reported as one `error: ...` line (exit code 2).
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics, reports).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "test", "predict", "summary"], "What to do.")
+_IMAGES = flags.DEFINE_list("images", None, "Image files or one directory (--mode=predict).")
+flags.mark_flags_as_required(["config"])
+
+
+def _prepare_workdir(workdir: str | None) -> str:
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  if not workdir:
+    raise errors.UserError("--workdir is required for this mode")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise errors.UserError(f"workdir {workdir} is not writable ({e.strerror})") from None
+  return workdir
+
+
+def maybe_initialize_distributed() -> None:
+  """Starts jax.distributed on multi-host launches (TPU pods, SLURM, explicit coordinator)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  multi_host = (os.environ.get("JAX_COORDINATOR_ADDRESS")
+                or int(os.environ.get("SLURM_NNODES", os.environ.get("SLURM_JOB_NUM_NODES", "1"))) > 1
+                or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
+  if multi_host and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+
+
+def run(config, workdir: str | None, mode: str, images: list[str] | None) -> None:
+  """Dispatches one mode (the body of main, callable from Python)."""
+  from micar_jax import errors, summary  # pylint: disable=g-import-not-at-top
+  if mode == "summary":
+    from micar_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+    mc = model_lib.ModelConfig.from_config(config)
+    print(summary.format_summary(summary.abstract_variables(mc)["params"]))
+    return
+  workdir = _prepare_workdir(workdir)
+  maybe_initialize_distributed()
+  from micar_jax import predict, train  # pylint: disable=g-import-not-at-top
+  if mode == "train":
+    train.train_and_evaluate(config, workdir)
+  elif mode == "test":
+    train.test_best(train.Run(config, workdir))
+  elif mode == "predict":
+    if not images:
+      raise errors.UserError("--mode=predict needs --images=FILE[,FILE...] or a directory")
+    predict.predict(config, workdir, images)
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e).replace("\\n", " ").replace("\n", " ").replace("\\'", "").replace("'", "")
+  return " ".join(text.strip("\" ").split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with config errors (missing file, unknown keys, bad values) as one line."""
+  for i, arg in enumerate(argv):
+    path = arg[len("--config="):] if arg.startswith("--config=") else (
+        argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+    if path is not None and not os.path.isfile(path.split(":", 1)[0]):
+      print(f"error: config file {path.split(':', 1)[0]} does not exist", file=sys.stderr)
+      sys.exit(2)
+  try:
+    return flags.FLAGS(argv)
+  except AttributeError as e:
+    print(f"error: unknown config key: {_one_line(e)}", file=sys.stderr)
+  except (flags.Error, KeyError, ValueError, TypeError) as e:
+    print(f"error: {_one_line(e)}", file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  from micar_jax.data import images as images_lib, sources  # pylint: disable=g-import-not-at-top
+  try:
+    run(_CONFIG.value, _WORKDIR.value, _MODE.value, _IMAGES.value)
+  except (errors.UserError, sources.MissingDataError, images_lib.ImageError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    sys.exit(143)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,123 @@
+"""The train state, the loss, and the compiled train and evaluation steps.
+
+Loss (REFERENCE_MODEL.md §5): token cross-entropy averaged over non-pad label
+positions of the (global) batch, plus aux_loss_weight × the MoE load-balancing
+loss (averaged over decoder layers) and router_z_loss_weight × the z-loss.
+Rows with valid=False (padding of a partial batch, unreadable images) carry no
+cross-entropy weight.
+"""
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from micar_jax.models import model as model_lib
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes: step counter, parameters, BN statistics, optimizer state."""
+
+  step: Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def dummy_inputs(mc: model_lib.ModelConfig, image_size: int, batch: int = 1) -> tuple[Array, Array]:
+  """Zero images ([b, H, W, 3] or [b, V, H, W, 3]) and ids [b, T] for shape inference."""
+  shape = (batch, image_size, image_size, 3)
+  if mc.num_views > 1:
+    shape = (batch, mc.num_views) + shape[1:]
+  return jnp.zeros(shape, jnp.float32), jnp.zeros((batch, mc.max_len), jnp.int32)
+
+
+def make_init_fn(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
+                 image_size: int) -> Callable[[Array], TrainState]:
+  """init(rng) -> TrainState with logically-partitioned (boxed) leaves."""
+  model = model_lib.MicarVLMoE(mc)
+
+  def init(rng: Array) -> TrainState:
+    variables = model.init(rng, *dummy_inputs(mc, image_size))
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables["batch_stats"], opt_state=tx.init(params))
+
+  return init
+
+
+def cross_entropy(logits: Array, labels: Array, weights: Array) -> tuple[Array, Array]:
+  """Σ weight·CE over tokens, and Σ weight: logits [b,T,V] f32, labels/weights [b,T]."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+  return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def token_weights(batch: dict[str, Array]) -> Array:
+  """1 on real label positions (label != <pad>=0) of valid rows: [b, T] float32."""
+  w = (batch["labels"] != 0).astype(jnp.float32)
+  if "valid" in batch:
+    w = w * batch["valid"].astype(jnp.float32)[:, None]
+  return w
+
+
+def make_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict) -> Callable:
+  """(state, batch) -> (state, metrics); dropout keys come from (seed, step)."""
+  model = model_lib.MicarVLMoE(mc)
+  aux_w, z_w = config.train.aux_loss_weight, config.model.router_z_loss_weight
+  base_key = jax.random.PRNGKey(config.seed)
+
+  def train_step(state: TrainState, batch: dict[str, Array]):
+    dropout_key = jax.random.fold_in(base_key, state.step)
+
+    def loss_fn(params):
+      (logits, stats), updates = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, batch["images"],
+          batch["input_ids"], batch["pad_mask"], True, rngs={"dropout": dropout_key},
+          mutable=["batch_stats"])
+      ce_sum, n = cross_entropy(logits, batch["labels"], token_weights(batch))
+      ce = ce_sum / jnp.maximum(n, 1.0)
+      loss = ce + aux_w * stats["aux"] + z_w * stats["z"]
+      return loss, (ce, stats, updates["batch_stats"])
+
+    grads, (ce, stats, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                           opt_state=opt_state)
+    metrics = {"loss": ce + aux_w * stats["aux"] + z_w * stats["z"], "ce": ce,
+               "aux_loss": stats["aux"], "z_loss": stats["z"], "expert_load": stats["load"],
+               "dropped_fraction": stats["dropped"], "grad_norm": optax.global_norm(grads)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(mc: model_lib.ModelConfig, config: ml_collections.ConfigDict) -> Callable:
+  """(variables, batch) -> sums for the teacher-forced validation loss (BN in eval mode)."""
+  model = model_lib.MicarVLMoE(mc)
+  aux_w, z_w = config.train.aux_loss_weight, config.model.router_z_loss_weight
+
+  def eval_step(variables: dict[str, Any], batch: dict[str, Array]) -> dict[str, Array]:
+    logits, stats = model.apply(variables, batch["images"], batch["input_ids"],
+                                batch["pad_mask"], False)
+    ce_sum, n = cross_entropy(logits, batch["labels"], token_weights(batch))
+    return {"ce_sum": ce_sum, "tokens": n, "aux": aux_w * stats["aux"] + z_w * stats["z"]}
+
+  return eval_step
+
+
+def unbox(tree: Any) -> Any:
+  """Strips logical-partitioning boxes."""
+  return nn.meta.unbox(tree)

@@ -1,0 +1,221 @@
+"""The training protocol of the reference, resumable: train → validate → early stop → test.
+
+Per epoch (REFERENCE_MODEL.md §5): train, then the teacher-forced validation
+loss and greedy-equivalent decoding of the whole validation set, scored with
+the selection score (B1+B2+B3+B4)/8 + METEOR/4 + ROUGE-L/4; a score >= the best
+(ties go to the later epoch) becomes the best checkpoint; training stops after
+max_patience epochs without one. The best checkpoint is then tested.
+
+Resumption is exact: the latest checkpoint holds the train state, the grain
+iterator and the loop state, dropout keys derive from (seed, step), so a run
+killed at any point and restarted ends with the same parameters (bitwise on CPU).
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from micar_jax import checkpointing, errors, evaluate, optim, sharding, steps
+from micar_jax.data import input_pipeline, sources
+from micar_jax.data import tokenizer as tokenizer_lib
+from micar_jax import decode as decode_lib
+from micar_jax import run_logging
+from micar_jax.models import model as model_lib
+
+
+@dataclasses.dataclass
+class LoopState:
+  """The loop's own resumable state (saved as JSON in each latest checkpoint)."""
+
+  epoch: int = 0
+  best_score: float = -1.0
+  best_epoch: int = -1
+  bad_epochs: int = 0
+  finished: bool = False
+
+
+class Run:
+  """Everything one workdir's training, evaluation and prediction share."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
+    self.model_config = model_lib.ModelConfig.from_config(config, self.tokenizer.vocab_size)
+    checkpointing.check_run_config(workdir, checkpointing.run_config_of(self.model_config))
+    self.mesh = sharding.make_mesh(config)
+    self.rules = sharding.logical_rules(config)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self.checkpoints = checkpointing.Checkpoints(workdir)
+
+  def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Host batch (this process's rows) -> global arrays sharded over the batch axes."""
+    arrays = {k: v for k, v in batch.items() if isinstance(v, np.ndarray)}
+    return sharding.global_batch(arrays, self.mesh)
+
+  def abstract_variables(self) -> dict[str, Any]:
+    """Sharded ShapeDtypeStructs of {params, batch_stats} (a restore target)."""
+    init = steps.make_init_fn(self.model_config, optim.make_optimizer(self.config, 1),
+                              self.config.data.image_size)
+    state = sharding.abstract_sharded(init, self.mesh, self.rules, jax.random.PRNGKey(0))
+    return state.variables()
+
+  def generate_fn(self):
+    fn = decode_lib.make_generate_fn(self.model_config, self.config.eval)
+    return lambda variables, images: fn(variables["params"], variables["batch_stats"], images)
+
+  def best_variables(self) -> dict[str, Any]:
+    restored = self.checkpoints.restore_best(self.abstract_variables())
+    if restored is None:
+      raise errors.UserError(f"workdir {self.workdir} has no best checkpoint yet; run "
+                             "--mode=train first (or pass --config.init_from=DIR)")
+    return restored[0]
+
+  def evaluate_split(self, variables: dict[str, Any], split: str, generate_fn,
+                     suites) -> tuple[list[dict], Any]:
+    batches, rows = input_pipeline.make_eval_batches(self.config, self.tokenizer, split)
+    with sharding.use_mesh(self.mesh, self.rules):
+      examples = evaluate.generate_split(generate_fn, variables, batches, rows, self.tokenizer,
+                                         self.put, self.config.eval.keep_after_eos)
+    return examples, evaluate.score(examples, self.config, suites)
+
+
+def _install_sigterm() -> dict[str, bool]:
+  flag = {"stop": False}
+
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    flag["stop"] = True
+
+  signal.signal(signal.SIGTERM, handler)
+  return flag
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains with per-epoch validation and early stopping, then tests the best model.
+
+  Returns:
+    The test scores (also written to workdir/test/scores.json).
+  """
+  run = Run(config, workdir)
+  tx_steps = input_pipeline.steps_per_epoch(config, len(sources.open_split(config, "train")))
+  tx = optim.make_optimizer(config, tx_steps)
+  init_fn = steps.make_init_fn(run.model_config, tx, config.data.image_size)
+  with sharding.use_mesh(run.mesh, run.rules):
+    state, state_shardings = sharding.init_sharded(
+        init_fn, run.mesh, run.rules, jax.random.PRNGKey(config.seed))
+  state = _maybe_load_init(config, state)
+  train_step = jax.jit(steps.make_train_step(run.model_config, tx, config),
+                       in_shardings=(state_shardings, run.batch_sharding),
+                       out_shardings=(state_shardings, None), donate_argnums=(0,))
+  eval_step = jax.jit(steps.make_eval_step(run.model_config, config))
+  generate_fn = run.generate_fn()
+
+  data_iter = input_pipeline.make_train_iterator(config, run.tokenizer)
+  loop = LoopState()
+  restored = run.checkpoints.restore_latest(checkpointing.abstract_like(state), data_iter)
+  if restored is not None:
+    state, meta = restored
+    loop = LoopState(**meta)
+    logging.info("resumed from step %d (epoch %d)", int(state.step), loop.epoch)
+  log = run_logging.RunLog(workdir, config)
+  stop = _install_sigterm()
+  max_steps = config.train.max_steps
+  step = int(state.step)
+  try:
+    while not loop.finished:
+      epoch_end = (loop.epoch + 1) * tx_steps
+      progress = log.progress(total=epoch_end - loop.epoch * tx_steps, initial=step - loop.epoch * tx_steps,
+                              desc=f"epoch {loop.epoch + 1}/{config.train.epochs}")
+      start = time.time()
+      with sharding.use_mesh(run.mesh, run.rules):
+        while step < epoch_end and not (max_steps and step >= max_steps):
+          batch = run.put(next(data_iter))
+          state, metrics = train_step(state, batch)
+          step += 1
+          progress.update(1)
+          if step % config.train.log_every == 0 or step == epoch_end:
+            log.train(step, loop.epoch, metrics, optim.learning_rates(config, tx_steps, step - 1),
+                      config.train.batch_size * config.train.log_every / (time.time() - start))
+            start = time.time()
+          if stop["stop"]:
+            _save_latest(run, state, data_iter, loop)
+            raise KeyboardInterrupt("SIGTERM")
+          if step % config.train.checkpoint_every == 0 and step < epoch_end:
+            _save_latest(run, state, data_iter, loop)
+      progress.close()
+      smoke_end = bool(max_steps) and step >= max_steps
+      _end_of_epoch(run, config, state, loop, eval_step, generate_fn, log, smoke_end)
+      _save_latest(run, state, data_iter, loop)
+  except KeyboardInterrupt as e:
+    logging.warning("interrupted (%s) at step %d; the latest checkpoint is saved: rerun the "
+                    "same command to resume", e, step)
+    raise
+  finally:
+    if hasattr(data_iter, "close"):
+      data_iter.close()
+    log.close()
+  return test_best(run, generate_fn)
+
+
+def _maybe_load_init(config, state):
+  """Starts from a converted checkpoint (config.init_from) or ImageNet ResNet weights."""
+  if config.init_from:
+    variables = checkpointing.restore_variables(
+        config.init_from, checkpointing.abstract_like(state.variables()))
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+  if config.model.vision_init_from:
+    from micar_jax import convert  # pylint: disable=g-import-not-at-top
+    variables = convert.load_vision_init(config.model.vision_init_from, state.variables())
+    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+  return state
+
+
+def _save_latest(run: Run, state, data_iter, loop: LoopState) -> None:
+  run.checkpoints.save_latest(int(state.step), state, data_iter, dataclasses.asdict(loop))
+
+
+def _end_of_epoch(run, config, state, loop: LoopState, eval_step, generate_fn, log,
+                  smoke_end: bool) -> None:
+  """Validation, selection, early stopping; updates `loop` in place."""
+  variables = state.variables()
+  batches, _ = input_pipeline.make_eval_batches(config, run.tokenizer, "val")
+  with sharding.use_mesh(run.mesh, run.rules):
+    val_loss = evaluate.validation_loss(eval_step, variables, batches, run.put)
+  _, scores = run.evaluate_split(variables, "val", generate_fn, ("reference",))
+  score = scores.values.get("ref/score", 0.0)
+  improved = score >= loop.best_score
+  if improved:
+    loop.best_score, loop.best_epoch, loop.bad_epochs = score, loop.epoch, 0
+    run.checkpoints.save_best(int(state.step), variables,
+                              {"epoch": loop.epoch, "score": score})
+  else:
+    loop.bad_epochs += 1
+  log.validation(int(state.step), loop.epoch, val_loss, scores, improved)
+  loop.epoch += 1
+  loop.finished = (smoke_end or loop.epoch >= config.train.epochs
+                   or loop.bad_epochs >= config.train.max_patience)
+
+
+def test_best(run: Run, generate_fn=None) -> dict[str, Any]:
+  """Tests the best checkpoint; writes test/generated_reports.csv and test/scores.json."""
+  generate_fn = generate_fn or run.generate_fn()
+  variables = run.best_variables()
+  examples, scores = run.evaluate_split(variables, "test", generate_fn, run.config.eval.suites)
+  raw = evaluate.score(examples, run.config, run.config.eval.suites, against="report")
+  out = {"label_references": scores.values, "raw_references": raw.values,
+         "skipped": scores.skipped, "partial": scores.partial, "num_examples": len(examples)}
+  test_dir = os.path.join(run.workdir, "test")
+  evaluate.write_reports_csv(os.path.join(test_dir, "generated_reports.csv"), examples)
+  evaluate.write_json(os.path.join(test_dir, "scores.json"), out)
+  logging.info("test: %s", scores.summary())
+  print(f"test scores: {json.dumps(scores.values)}")
+  print(f"reports: {os.path.join(test_dir, 'generated_reports.csv')}")
+  print(f"scores: {os.path.join(test_dir, 'scores.json')}")
+  return out
