@@ -161,6 +161,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ratescore_dir = ""
 
   c.mesh = ml_collections.ConfigDict()
+  # Devices the mesh uses (the first N of jax.devices()); 0 = all of them.
+  c.mesh.num_devices = 0
   # Data-parallel axis size (-1 fills the remaining devices).
   c.mesh.data = -1
   # Fully-sharded data-parallel axis size.

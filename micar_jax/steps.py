@@ -98,7 +98,7 @@ def make_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
                            opt_state=opt_state)
     metrics = {"loss": ce + aux_w * stats["aux"] + z_w * stats["z"], "ce": ce,
                "aux_loss": stats["aux"], "z_loss": stats["z"], "expert_load": stats["load"],
-               "dropped_fraction": stats["dropped"], "grad_norm": optax.global_norm(grads)}
+               "dropped_fraction": stats["dropped"], "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 
   return train_step

@@ -50,7 +50,8 @@ class Run:
     self.tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
     self.model_config = model_lib.ModelConfig.from_config(config, self.tokenizer.vocab_size)
     checkpointing.check_run_config(workdir, checkpointing.run_config_of(self.model_config))
-    self.mesh = sharding.make_mesh(config)
+    devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
+    self.mesh = sharding.make_mesh(config, devices)
     self.rules = sharding.logical_rules(config)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.checkpoints = checkpointing.Checkpoints(workdir)
