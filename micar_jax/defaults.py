@@ -102,7 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.router_z_loss_weight = 0.0
   # Expert capacity factor; <= 0 means dropless (every routed token is computed).
   c.model.capacity_factor = -1.0
-  # Dispatch implementation: "sort" (sort + ragged_dot) or "einsum" (capacity buffers).
+  # Dispatch: "sort" (sort + ragged_dot), "einsum" (capacity buffers) or "expert_parallel"
+  # (shard_map + all_to_all over mesh.expert, which must divide num_experts).
   c.model.moe_impl = "sort"
   # Compute dtype: float32 (reference) or bfloat16 (params, norms, softmax stay fp32).
   c.model.dtype = "float32"

@@ -106,7 +106,8 @@ class MoE(nn.Module):
       learns only from the auxiliary loss) or "weighted" (gate-weighted).
     aux_loss: "entropy" (reference) or "switch".
     capacity_factor: <= 0 for dropless, else slots = ceil(cf · tokens · k / E).
-    impl: "sort" (ragged_dot) or "einsum" (capacity buffers).
+    impl: "sort" (ragged_dot), "einsum" (capacity buffers) or "expert_parallel"
+      (moe_parallel.py: experts sharded over the mesh's "expert" axis; capacity per shard).
     dtype: computation dtype; the router runs in float32.
   """
 
@@ -163,8 +164,15 @@ class MoE(nn.Module):
       y = self._sorted(tokens, ids, weights * keep, (w1, w3, w2), act, dropout, train)
     elif self.impl == "einsum":
       y = self._einsum(tokens, ids, weights * keep, capacity, (w1, w3, w2), act, dropout, train)
+    elif self.impl == "expert_parallel":
+      # Imported here because moe_parallel imports this module.
+      from micar_jax.models import moe_parallel  # pylint: disable=g-import-not-at-top
+      rng = self.make_rng("dropout") if train and self.dropout > 0 else None
+      y, stats["dropped"] = moe_parallel.expert_parallel(
+          tokens, ids, weights, (w1, w3, w2), act, self.capacity_factor, self.dropout, rng)
     else:
-      raise ValueError(f"unknown moe_impl {self.impl!r}; expected 'sort' or 'einsum'")
+      raise ValueError(f"unknown moe_impl {self.impl!r}; expected 'sort', 'einsum' or "
+                       "'expert_parallel'")
     return y.reshape(b, t, d).astype(x.dtype), stats
 
   def _sorted(self, tokens, ids, weights, ws, act, dropout, train):

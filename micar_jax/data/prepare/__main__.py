@@ -1,0 +1,53 @@
+"""Command line: `python -m micar_jax.data.prepare --dataset=NAME --raw_dir=RAW --out_dir=OUT [--strict]`.
+
+`--dataset=synthetic` takes `--sizes=TRAIN,VAL,TEST --seed=N --image_size=PX` instead of --raw_dir.
+"""
+
+import sys
+
+from absl import app, flags
+
+from micar_jax import errors
+from micar_jax.data import prepare
+
+_DATASET = flags.DEFINE_enum("dataset", None, list(prepare.DATASETS), "Dataset to prepare.")
+_RAW_DIR = flags.DEFINE_string("raw_dir", None, "The dataset as published.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder (must not exist or be empty).")
+_STRICT = flags.DEFINE_bool("strict", False, "Fail on the first bad row instead of leaving it out.")
+_SIZES = flags.DEFINE_list("sizes", ["480", "64", "64"], "synthetic: train,val,test examples.")
+_SEED = flags.DEFINE_integer("seed", 0, "synthetic: random seed.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "synthetic: image side in pixels.")
+
+
+def _run() -> prepare.Result:
+  if not _DATASET.value or not _OUT_DIR.value:
+    raise errors.UserError("--dataset and --out_dir are required")
+  if _DATASET.value == "synthetic":
+    try:
+      sizes = tuple(int(s) for s in _SIZES.value)
+    except ValueError:
+      sizes = ()
+    if len(sizes) != 3 or min(sizes) < 0:
+      raise errors.UserError(f"--sizes must be three counts TRAIN,VAL,TEST, got {_SIZES.value}")
+    return prepare.prepare_synthetic(_OUT_DIR.value, sizes, _SEED.value, _IMAGE_SIZE.value)
+  if not _RAW_DIR.value:
+    raise errors.UserError(f"--raw_dir is required for --dataset={_DATASET.value}")
+  return prepare.prepare(_DATASET.value, _RAW_DIR.value, _OUT_DIR.value, _STRICT.value)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    result = _run()
+  except (errors.UserError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  for line in result.summary:
+    print(line)
+  print("left out: " + ", ".join(f"{s} {n}" for s, n in result.skipped.items()
+                                 if s != "-" or n) + f" (total {len(result.bad_rows)})")
+
+
+if __name__ == "__main__":
+  app.run(main)

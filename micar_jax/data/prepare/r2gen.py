@@ -1,0 +1,64 @@
+"""IU X-ray and MIMIC-CXR in R2Gen's layout: `RAW/annotation.json` + `RAW/images/`.
+
+R2Gen's own train/val/test lists are kept in file order. IU X-ray examples
+have two views (`image_path[0]`, `image_path[1]`); MIMIC-CXR uses
+`image_path[0]`. Reports are cleaned with R2Gen's cleaner of each dataset.
+"""
+
+import json
+import os
+
+from micar_jax import errors
+from micar_jax.data.prepare import cleaning, common
+
+_R2GEN_KEYS = {"train": "train", "val": "val", "test": "test"}
+
+
+def _split_lists(path: str, ann: dict) -> dict[str, list]:
+  """Split -> records; a split whose key is damaged is gathered from records' own "split" field.
+
+  (One public IU X-ray copy has its "test" key replaced by spaces.)
+  """
+  out = {}
+  strays = [r for k, v in ann.items() if k not in _R2GEN_KEYS and isinstance(v, list) for r in v]
+  for split, key in _R2GEN_KEYS.items():
+    if isinstance(ann.get(key), list):
+      out[split] = ann[key]
+    else:
+      out[split] = [r for r in strays if isinstance(r, dict) and r.get("split") == split]
+      if not out[split]:
+        raise errors.UserError(f"{path}: no {key!r} list")
+  return out
+
+
+def load(raw_dir: str, bad: common.BadRows, dataset: str) -> dict[str, list[common.Example]]:
+  """Reads `annotation.json` of "iu_xray" or "mimic_cxr". Returns split -> examples."""
+  path = os.path.join(raw_dir, "annotation.json")
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      ann = json.load(f)
+  except FileNotFoundError:
+    raise errors.UserError(f"{path} not found (R2Gen annotation)") from None
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise errors.UserError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(ann, dict):
+    raise errors.UserError(f"{path}: expected an object with train/val/test lists")
+  views = 2 if dataset == "iu_xray" else 1
+  clean = cleaning.clean_iu_xray if dataset == "iu_xray" else cleaning.clean_mimic_cxr
+  rows_by_split = {}
+  for split, records in _split_lists(path, ann).items():
+    rows = []
+    for i, rec in enumerate(records):
+      where = f"annotation.json {split}[{i}]"
+      paths = rec.get("image_path") if isinstance(rec, dict) else None
+      if isinstance(rec, dict) and "id" in rec:
+        where += f" (id {rec['id']!r})"
+      if (not isinstance(rec, dict) or "report" not in rec or not isinstance(paths, list)
+          or len(paths) < views or not all(isinstance(p, str) and p for p in paths[:views])):
+        rows.append(common.Row(where, None, None, clean,
+                               f"malformed record: needs 'report' and {views} 'image_path' entries"))
+        continue
+      images = [os.path.join(raw_dir, "images", p) for p in paths[:views]]
+      rows.append(common.Row(where, images if views == 2 else images[0], rec["report"], clean))
+    rows_by_split[split] = rows
+  return common.finish_rows(rows_by_split, bad)

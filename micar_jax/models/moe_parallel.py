@@ -1,0 +1,143 @@
+"""Expert-parallel dispatch of routed tokens: shard_map + two all-to-alls.
+
+Routing and the auxiliary losses stay in `moe.MoE` under plain jit: their
+means over all tokens become cross-device reductions automatically, so they
+equal the one-device values. This module does only the sparse part:
+
+  1. tokens [n, d] are split over every data-like mesh axis ("data", "fsdp",
+     "expert"); each shard places its own assignments into fixed-capacity
+     buffers [E, C, d] (k-major priority, as `moe.capacity_positions`);
+  2. an all-to-all over "expert" sends each expert's buffer to the device that
+     holds that expert, which receives [ep, E/ep, C, d] from its peers;
+  3. the local experts run (their hidden width split over "tensor" and the
+     partial outputs summed with psum, when d_ff divides);
+  4. a second all-to-all returns the outputs, and each shard combines its
+     tokens' k outputs with the combine weights.
+
+Capacity is per shard: C = expert_capacity(local tokens, k, E, capacity_factor),
+so with capacity_factor <= 0 nothing is dropped and the result equals the
+one-device `MoE` exactly; with drops, priority is k-major within each shard.
+
+The mesh comes from the context: call the model under
+`micar_jax.sharding.use_mesh(mesh, rules)` (i.e. `jax.set_mesh(mesh)`), on an
+Auto mesh that has an "expert" axis (size 1 works: one device or pure data
+parallelism).
+"""
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from micar_jax import sharding
+from micar_jax.models import moe
+
+Array = jax.Array
+
+
+def _context_mesh() -> jax.sharding.AbstractMesh:
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or sharding.EXPERT_AXIS not in mesh.axis_names:
+    raise ValueError("moe_impl='expert_parallel' needs a mesh with an 'expert' axis: run the "
+                     "model under micar_jax.sharding.use_mesh(mesh, rules)")
+  return mesh
+
+
+def expert_parallel(tokens: Array, expert_ids: Array, weights: Array,
+                    experts: tuple[Array, Array, Array], act: Callable[[Array], Array],
+                    capacity_factor: float, dropout: float = 0.0,
+                    dropout_rng: Array | None = None) -> tuple[Array, Array]:
+  """Computes each token's routed experts with the experts sharded over "expert".
+
+  Args:
+    tokens: [n, d] (any sharding; the batch axes split it inside).
+    expert_ids: [n, k] int32 chosen experts.
+    weights: [n, k] combine weights (ones for "sum", gates for "weighted").
+    experts: stacked SwiGLU weights w1 [E, d, f], w3 [E, d, f], w2 [E, f, d].
+    act: the SwiGLU activation.
+    capacity_factor: <= 0 for dropless, else per-shard slots
+      ceil(cf · local tokens · k / E).
+    dropout: rate on each expert's output (used when dropout_rng is given).
+    dropout_rng: key for the dropout masks, or None for no dropout.
+
+  Returns:
+    y [n, d] = Σ_k weight·expert output (zero for dropped assignments), and the
+    dropped fraction of the n·k assignments (scalar float32).
+
+  Raises:
+    ValueError: no mesh in context, or E not divisible by the expert axis.
+  """
+  mesh = _context_mesh()
+  num_experts = experts[0].shape[0]
+  ep = mesh.shape[sharding.EXPERT_AXIS]
+  if num_experts % ep:
+    raise ValueError(f"num_experts={num_experts} does not split over the mesh's "
+                     f"expert axis of size {ep}")
+  batch_axes = tuple(a for a in sharding.BATCH_AXES if a in mesh.axis_names)
+  shards = math.prod(mesh.shape[a] for a in batch_axes)
+  tp = mesh.shape.get(sharding.TENSOR_AXIS, 1)
+  hidden = sharding.TENSOR_AXIS if tp > 1 and experts[0].shape[-1] % tp == 0 else None
+
+  n, k = expert_ids.shape
+  pad = -n % shards
+  if pad:
+    # Padding rows route to expert -1: they take no slot and count as nothing.
+    tokens = jnp.pad(tokens, ((0, pad), (0, 0)))
+    expert_ids = jnp.pad(expert_ids, ((0, pad), (0, 0)), constant_values=-1)
+    weights = jnp.pad(weights, ((0, pad), (0, 0)))
+  capacity = moe.expert_capacity((n + pad) // shards, k, num_experts, capacity_factor)
+  if dropout_rng is None or dropout <= 0.0:
+    dropout, dropout_rng = 0.0, jax.random.PRNGKey(0)
+
+  def local(x, ids, w, w1, w3, w2, rng):
+    y, dropped = _dispatch_compute_combine(x, ids, w, (w1, w3, w2), act, capacity, hidden,
+                                           dropout, rng, batch_axes)
+    return y, jax.lax.psum(dropped, batch_axes)
+
+  rows = P(batch_axes)
+  fn = jax.shard_map(
+      local, mesh=mesh,
+      in_specs=(rows, rows, rows, P(sharding.EXPERT_AXIS, None, hidden),
+                P(sharding.EXPERT_AXIS, None, hidden), P(sharding.EXPERT_AXIS, hidden, None), P()),
+      out_specs=(rows, P()), check_vma=True)
+  y, dropped = fn(tokens, expert_ids, weights, *experts, dropout_rng)
+  return y[:n], dropped / (n * k)
+
+
+def _dispatch_compute_combine(x, ids, w, ws, act, capacity, hidden, dropout, rng, batch_axes):
+  """One shard: [n, d] tokens -> ([n, d] outputs, number of dropped assignments)."""
+  n, k = ids.shape
+  d = x.shape[-1]
+  e_local = ws[0].shape[0]
+  ep = jax.lax.axis_size(sharding.EXPERT_AXIS)
+  num_experts = e_local * ep
+  slot = moe.capacity_positions(ids, num_experts)
+  real = ids >= 0
+  keep = real & (slot < capacity)
+  # Row of each assignment in the flat [E·C] buffer; dropped ones point past the end.
+  dest = jnp.where(keep, ids * capacity + slot, num_experts * capacity).reshape(-1)
+  rows = jnp.broadcast_to(x[:, None, :], (n, k, d)).reshape(n * k, d)
+  buf = jnp.zeros((num_experts * capacity, d), x.dtype).at[dest].add(rows, mode="drop")
+
+  # Shape: [ep (destination), E/ep · C, d] -> [ep (source), E/ep · C, d].
+  buf = jax.lax.all_to_all(buf.reshape(ep, e_local * capacity, d), sharding.EXPERT_AXIS,
+                           0, 0, tiled=True)
+  buf = buf.reshape(ep, e_local, capacity, d).swapaxes(0, 1).reshape(e_local, ep * capacity, d)
+  batched = lambda lhs, rhs: jnp.einsum("ecd,edf->ecf", lhs, rhs)
+  out = moe.swiglu_experts(buf, *ws, act, batched)  # [E/ep, ep · C, d]
+  if hidden is not None:
+    out = jax.lax.psum(out, hidden)
+  if dropout > 0.0:
+    # Each shard draws its own masks; tensor replicas share them.
+    key = jax.random.fold_in(rng, jax.lax.axis_index(batch_axes))
+    mask = jax.random.bernoulli(key, 1.0 - dropout, out.shape)
+    out = jnp.where(mask, out / (1.0 - dropout), jnp.zeros_like(out))
+  out = out.reshape(e_local, ep, capacity, d).swapaxes(0, 1).reshape(ep, e_local * capacity, d)
+  out = jax.lax.all_to_all(out, sharding.EXPERT_AXIS, 0, 0, tiled=True)
+  out = out.reshape(num_experts * capacity, d)
+
+  picked = out.at[dest].get(mode="fill", fill_value=0).reshape(n, k, d)
+  y = jnp.einsum("nkd,nk->nd", picked, (w * keep).astype(out.dtype))
+  return y, jnp.sum(real & ~keep).astype(jnp.float32)

@@ -1,0 +1,292 @@
+"""Tests for micar_jax.data.prepare: every published layout, bad rows, --strict, atomic output.
+
+Split memberships are scikit-learn `train_test_split` values pinned as
+regression values (see test_split.py); reports are built so that their cleaned
+text is obvious, and the tricky ones are checked literally.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from micar_jax import errors
+from micar_jax.data import prepare
+from micar_jax.data.prepare import common
+
+BOM = b"\xef\xbb\xbf"
+
+
+def _image(path, fmt="PNG", seed=0):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  pixels = np.random.RandomState(seed).randint(0, 255, (4, 5, 3), np.uint8)
+  Image.fromarray(pixels).save(path, format=fmt)
+
+
+def _encoded(fmt, seed):
+  buf = io.BytesIO()
+  Image.fromarray(np.random.RandomState(seed).randint(0, 255, (4, 5, 3), np.uint8)).save(buf, fmt)
+  return buf.getvalue()
+
+
+def _run(dataset, raw, out, strict=False):
+  log = io.StringIO()
+  result = prepare.prepare(dataset, str(raw), str(out), strict=strict, stream=log)
+  lines = {s: [json.loads(l) for l in (out / f"{s}.jsonl").read_text("utf-8").splitlines()]
+           for s in common.SPLITS}
+  return result, lines, log.getvalue()
+
+
+def _covctr_raw(tmp_path):
+  """12 records: BOM, CRLF, a quoted newline, a blank line, a duplicate id and three bad rows."""
+  raw = tmp_path / "covctr"
+  recs = []
+  for i in range(12):
+    report = f"Report number {i}."
+    if i == 0:
+      report = "Ünïcødé; (GGO)\r\nsecond line"
+    recs.append(f'img{i % 11}.png,zh,t,1,imp,"{report}"' if i != 7 else "img7.png,zh,t,1,imp,")
+    if i not in (3, 10):
+      _image(str(raw / "images" / f"img{i % 11}.png"), seed=i)
+  (raw / "images" / "img10.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+  text = "image_id,findings,terminologies,COVID,impression,reports_En\r\n" + "\r\n".join(
+      recs[:5] + [""] + recs[5:]) + "\r\n"
+  (raw / "reports_ZH_EN.csv").write_bytes(BOM + text.encode("utf-8"))
+  return raw
+
+
+def test_covctr_split_order_text_and_bad_rows(tmp_path):
+  result, lines, log = _run("covctr", _covctr_raw(tmp_path), tmp_path / "out")
+  # sklearn: train [5,1,0,9,2,7,3,6,11], val [4], test [10,8]; 3 (no image),
+  # 7 (empty report) and 10 (corrupt image) are left out after the split.
+  expected = {"train": [5, 1, 0, 9, 2, 6, 11], "val": [4], "test": [8]}
+  for split, idx in expected.items():
+    got = [(os.path.basename(r["image"]), r["report"]) for r in lines[split]]
+    want = [(f"img{i % 11}.png", f"report number {i} .") for i in idx]
+    if split == "train":
+      want[2] = ("img0.png", "ünïcødé , ggo\r\nsecond line .")
+    assert got == want
+  assert all(os.path.isabs(r["image"]) for r in lines["train"])
+  assert result.examples == {"train": 7, "val": 1, "test": 1}
+  assert result.skipped == {"-": 0, "train": 2, "val": 0, "test": 1}
+  reasons = {where: reason for _, where, reason in result.bad_rows}
+  assert set(reasons) == {"reports_ZH_EN.csv row 4 (line 6)", "reports_ZH_EN.csv row 8 (line 11)",
+                          "reports_ZH_EN.csv row 11 (line 14)"}
+  assert "missing image" in reasons["reports_ZH_EN.csv row 4 (line 6)"]
+  assert "report" in reasons["reports_ZH_EN.csv row 8 (line 11)"]
+  assert "corrupt image" in reasons["reports_ZH_EN.csv row 11 (line 14)"]
+  assert log.count("skipped") == 3
+  assert result.summary[0].startswith("train: 7 examples, vocabulary coverage ")
+
+
+def test_covctr_malformed_record_keeps_its_split_place(tmp_path):
+  raw = _covctr_raw(tmp_path)
+  csv_path = raw / "reports_ZH_EN.csv"
+  # Record 1 (the 2nd row) gets an extra field: pandas would reject the file.
+  csv_path.write_bytes(csv_path.read_bytes().replace(b'"Report number 1."', b'"Report number 1.",x'))
+  result, lines, _ = _run("covctr", raw, tmp_path / "out")
+  assert [os.path.basename(r["image"]) for r in lines["train"]] == [
+      f"img{i}.png" for i in (5, 0, 9, 2, 6)] + ["img0.png"]
+  assert any("malformed CSV record" in r for _, _, r in result.bad_rows)
+
+
+def test_strict_names_the_first_bad_row_and_writes_nothing(tmp_path):
+  # Rows are checked in output order: train's 8th record (index 7) comes before index 3.
+  raw = _covctr_raw(tmp_path)
+  with pytest.raises(errors.UserError, match=r"reports_ZH_EN.csv row 8 \(line 11\): report is missing"):
+    prepare.prepare("covctr", str(raw), str(tmp_path / "out"), strict=True)
+  assert os.listdir(tmp_path) == ["covctr"]
+
+
+def test_cli_strict_is_one_line_error(tmp_path):
+  raw = _covctr_raw(tmp_path)
+  proc = subprocess.run(
+      [sys.executable, "-m", "micar_jax.data.prepare", "--dataset=covctr", f"--raw_dir={raw}",
+       f"--out_dir={tmp_path / 'out'}", "--strict"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def test_cli_writes_summary(tmp_path):
+  raw = _covctr_raw(tmp_path)
+  proc = subprocess.run(
+      [sys.executable, "-m", "micar_jax.data.prepare", "--dataset=covctr", f"--raw_dir={raw}",
+       f"--out_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines()[-1] == "left out: train 2, val 0, test 1 (total 3)"
+  assert sorted(os.listdir(tmp_path / "out")) == ["test.jsonl", "train.jsonl", "val.jsonl"]
+
+
+def test_existing_output_is_refused(tmp_path):
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "keep.txt").write_text("x")
+  with pytest.raises(errors.UserError, match="not empty"):
+    prepare.prepare("covctr", str(_covctr_raw(tmp_path)), str(tmp_path / "out"))
+
+
+def test_pgross_null_caption_is_dropped_before_split(tmp_path):
+  raw = tmp_path / "pgross"
+  captions = {}
+  for i in range(10):
+    captions[f"p{i}.jpg"] = f"Lung: Gross: Finding {i}" if i != 4 else "Heart:"
+    if i == 3:
+      captions["null.jpg"] = None
+    if i != 8:
+      _image(str(raw / "images" / f"p{i}.jpg"), "JPEG", seed=i)
+  (raw / "captions.json").write_text(json.dumps(captions), "utf-8")
+  result, lines, _ = _run("pgross", raw, tmp_path / "out")
+  # sklearn on the 10 non-null rows: train [1,0,8,4,5,6,3], val [9], test [7,2];
+  # 8 has no image and 4 is empty after the last ":".
+  assert {s: [r["report"] for r in lines[s]] for s in common.SPLITS} == {
+      "train": [f"finding {i} ." for i in (1, 0, 5, 6, 3)], "val": ["finding 9 ."],
+      "test": ["finding 7 .", "finding 2 ."]}
+  assert result.skipped == {"-": 1, "train": 2, "val": 0, "test": 0}
+
+
+def _mmr_csv(path, header, rows):
+  text = "\r\n".join([header] + rows) + "\r\n"
+  path.write_bytes(BOM + text.encode("utf-8"))
+
+
+def test_mmretinal_per_modality_split_and_image_lookup(tmp_path):
+  raw = tmp_path / "mmr"
+  sizes = {"CFP": 10, "FFA": 7, "OCT": 6}
+  for mod, n in sizes.items():
+    rows = []
+    for i in range(n):
+      rows.append(f'{mod}{i},"Same patient as Figure 2-3A. {mod} case {i}",zh'
+                  + (",Y" if mod == "OCT" else ""))
+      if (mod, i) != ("CFP", 2):
+        _image(str(raw / mod / f"{mod}{i}.{'jpg' if i % 2 else 'png'}"),
+               "JPEG" if i % 2 else "PNG", seed=i)
+    header = "Image_ID,en_caption,cn_caption" + (",is_multipic" if mod == "OCT" else "")
+    _mmr_csv(raw / f"{mod}_translated_v1.csv", header, rows)
+  result, lines, _ = _run("mmretinal", raw, tmp_path / "out")
+  # sklearn per modality: n=10 -> [4,1,0,8,2,7,3,6] [5] [9]; n=7 -> [0,5,2,6,3] [1] [4];
+  # n=6 -> [2,4,5,3] [1] [0]. CFP2 has no image file.
+  expected = {"train": [("CFP", i) for i in (4, 1, 0, 8, 7, 3, 6)]
+                       + [("FFA", i) for i in (0, 5, 2, 6, 3)] + [("OCT", i) for i in (2, 4, 5, 3)],
+              "val": [("CFP", 5), ("FFA", 1), ("OCT", 1)],
+              "test": [("CFP", 9), ("FFA", 4), ("OCT", 0)]}
+  for split, want in expected.items():
+    assert [(os.path.basename(r["image"]), r["report"]) for r in lines[split]] == [
+        (f"{m}{i}.{'jpg' if i % 2 else 'png'}", f"{m.lower()} case {i} .") for m, i in want]
+  assert result.skipped["train"] == 1
+
+
+def test_mmretinal_column_missing_in_one_modality_drops_its_rows(tmp_path):
+  # The reference concatenates the modalities and then dropna()s: a kept column
+  # that only CFP has is NA for every FFA/OCT row.
+  raw = tmp_path / "mmr"
+  raw.mkdir()
+  for mod in ("CFP", "FFA", "OCT"):
+    extra = mod == "CFP"
+    rows = [f"{mod}{i},caption {i},zh" + (",note" if extra else "") for i in range(6)]
+    _mmr_csv(raw / f"{mod}_translated_v1.csv",
+             "Image_ID,en_caption,cn_caption" + (",source" if extra else ""), rows)
+    for i in range(6):
+      _image(str(raw / mod / f"{mod}{i}.png"), seed=i)
+  result, lines, _ = _run("mmretinal", raw, tmp_path / "out")
+  assert [os.path.basename(r["image"]) for r in lines["train"]] == [f"CFP{i}.png" for i in (2, 4, 5, 3)]
+  assert result.skipped["train"] == 8
+
+
+def _roco_raw(tmp_path):
+  raw = tmp_path / "roco"
+  raw.mkdir()
+  shards = {
+      "train-00001-of-00002.parquet": [("ROCO_3", "Third.", _encoded("PNG", 3))],
+      "train-00000-of-00002.parquet": [("ROCO_1", "A 45-year-old man, 3 cm mass.", _encoded("JPEG", 1)),
+                                       ("ROCO_2", "Broken image", b"not an image"),
+                                       ("ROCO_4", "   ", _encoded("PNG", 4))],
+      "validation-00000-of-00001.parquet": [("ROCO_5", "Val\ncase", _encoded("PNG", 5))],
+      "test-00000-of-00001.parquet": [("ROCO_6", "Test case", _encoded("PNG", 6))],
+  }
+  for name, recs in shards.items():
+    pq.write_table(pa.Table.from_pylist(
+        [{"image": {"bytes": b, "path": None}, "image_id": i, "caption": c} for i, c, b in recs]),
+        str(raw / name))
+  return raw, shards
+
+
+def test_roco_images_written_once_pixel_identical(tmp_path):
+  raw, shards = _roco_raw(tmp_path)
+  out = tmp_path / "out"
+  result, lines, _ = _run("roco", raw, out)
+  assert [(os.path.basename(r["image"]), r["report"]) for r in lines["train"]] == [
+      ("ROCO_1.png", "a xxxx man ,  xxxx mass ."), ("ROCO_3.png", "third .")]
+  assert [r["report"] for r in lines["val"]] == ["val case ."]
+  assert [r["report"] for r in lines["test"]] == ["test case ."]
+  assert all(r["image"].startswith(str(out / "images")) for s in lines.values() for r in s)
+  assert sorted(os.listdir(out / "images")) == [f"ROCO_{i}.png" for i in (1, 3, 4, 5, 6)]
+  jpeg = shards["train-00000-of-00002.parquet"][0][2]
+  written = Image.open(out / "images" / "ROCO_1.png")
+  assert written.format == "PNG"
+  assert np.array_equal(np.asarray(written), np.asarray(Image.open(io.BytesIO(jpeg))))
+  assert (out / "images" / "ROCO_3.png").read_bytes() == shards["train-00001-of-00002.parquet"][0][2]
+  assert result.skipped["train"] == 2
+
+
+def _iu_raw(tmp_path):
+  raw = tmp_path / "iu"
+  def rec(i, split, views=2):
+    return {"id": f"CXR{i}", "report": f"1. Heart normal {'_abcdef'[i]}.. 2. No effusion.",
+            "image_path": [f"CXR{i}/{v}.png" for v in range(views)], "split": split}
+  ann = {"train": [rec(1, "train"), rec(2, "train", views=1), rec(3, "train"), "junk"],
+         "val": [rec(4, "val")],
+         "    ": [rec(5, "test"), rec(6, "test")]}  # A damaged "test" key, as in a public copy.
+  for i in (1, 2, 3, 4, 5, 6):
+    for v in (0, 1):
+      if (i, v) != (3, 1):
+        _image(str(raw / "images" / f"CXR{i}" / f"{v}.png"), seed=i)
+  (raw / "annotation.json").write_text(json.dumps(ann), "utf-8")
+  return raw
+
+
+def test_iu_xray_keeps_r2gen_split_with_two_views(tmp_path):
+  raw = _iu_raw(tmp_path)
+  result, lines, _ = _run("iu_xray", raw, tmp_path / "out")
+  assert lines["train"] == [{"image": [str(raw / "images/CXR1/0.png"), str(raw / "images/CXR1/1.png")],
+                             "report": "heart normal a . no effusion ."}]
+  assert [r["report"] for r in lines["test"]] == ["heart normal e . no effusion .",
+                                                  "heart normal f . no effusion ."]
+  assert result.examples == {"train": 1, "val": 1, "test": 2}
+  assert result.skipped["train"] == 3  # one view only, missing view, not a record
+
+
+def test_mimic_cxr_uses_first_view(tmp_path):
+  raw = _iu_raw(tmp_path)
+  _, lines, _ = _run("mimic_cxr", raw, tmp_path / "out")
+  assert [r["image"] for r in lines["train"]] == [str(raw / f"images/CXR{i}/0.png") for i in (1, 2, 3)]
+  assert lines["val"][0]["report"] == "heart normal d . no effusion ."
+
+
+def test_summary_coverage_and_length():
+  lines = prepare.summarize({"train": ["a a a b ."] * 1, "val": ["a c"], "test": []})
+  assert lines[0] == ("train: 1 examples, vocabulary coverage 60.00% (train vocabulary: 1 words "
+                      "with count >= 3), mean report length 5.0 tokens")
+  assert "vocabulary coverage 50.00%" in lines[1]
+  assert lines[2].startswith("test: 0 examples")
+
+
+def test_synthetic_delegates_to_generator(tmp_path):
+  result = prepare.prepare_synthetic(str(tmp_path / "syn"), (3, 2, 1), seed=0, image_size=8)
+  assert result.examples == {"train": 3, "val": 2, "test": 1}
+  assert len((tmp_path / "syn" / "val.jsonl").read_text().splitlines()) == 2
+
+
+def test_bad_raw_dir_is_a_user_error(tmp_path):
+  with pytest.raises(errors.UserError, match="reports_ZH_EN.csv or reports.csv"):
+    prepare.prepare("covctr", str(tmp_path), str(tmp_path / "out"))
+  with pytest.raises(errors.UserError, match="must be one of"):
+    prepare.prepare("nope", str(tmp_path), str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
