@@ -153,9 +153,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.keep_after_eos = True
   # Metric suites: "reference" (jury-equivalent), "coco" (pycocoevalcap-equivalent).
   c.eval.suites = ("reference", "coco")
-  # nltk data folder holding WordNet (built from Debian's wordnet packages on first use);
-  # "" = nltk's own search paths only. Without WordNet, nltk METEOR is skipped.
-  c.eval.wordnet_dir = ""
+  # nltk data folder holding WordNet, built there from Debian's wordnet-base files on first
+  # use; "" = nltk's own search paths only. Without WordNet, nltk METEOR is skipped.
+  c.eval.wordnet_dir = "~/.cache/micar_jax/nltk_data"
   # Tokenisation for the coco suite: "whitespace" (as decoded) or "jury".
   c.eval.coco_tokenize = "whitespace"
   # Folder with the RaTEScore model folders; "" skips RaTEScore.

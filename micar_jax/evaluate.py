@@ -63,7 +63,7 @@ def score(examples: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
   """Scores generated reports against label-derived references (or "report": raw)."""
   return scores_lib.compute_scores(
       [e["generated"] for e in examples], [e[against] for e in examples], suites=tuple(suites),
-      wordnet_dir=config.eval.wordnet_dir or None, coco_tokenize=config.eval.coco_tokenize,
+      wordnet_dir=os.path.expanduser(config.eval.wordnet_dir) or None, coco_tokenize=config.eval.coco_tokenize,
       ratescore_dir=config.eval.ratescore_dir or None)
 
 

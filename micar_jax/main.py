@@ -94,7 +94,15 @@ def parse_flags(argv: list[str]) -> list[str]:
   sys.exit(2)
 
 
+class _QuietLibraries:
+  """Drops INFO chatter of checkpointing libraries from the absl log (warnings stay)."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or "orbax" not in record.pathname
+
+
 def main(argv) -> None:
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from micar_jax import errors  # pylint: disable=g-import-not-at-top
