@@ -143,7 +143,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   # Eval / decode batch size.
   c.eval.batch_size = 32
-  # "greedy" (what the reference's beam_search computes) or "beam" (true beam search).
+  # "greedy" (what the reference's beam_search computes, KV-cached), "beam" (true beam
+  # search) or "greedy_uncached" (re-runs the decoder on the whole prefix, for checks).
   c.eval.decode = "greedy"
   # Beam width for decode="beam".
   c.eval.beam_width = 3
