@@ -9,15 +9,8 @@ from micar_jax import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """COVCTR settings; `arg="tiny"` shrinks the model for tests."""
-  c = defaults.base_config()
-  c.dataset = "covctr"
-  c.data_dir = "data/covctr"
-  c.data.text_seq_len = 80
-  c.model.num_layers = 2
-  c.model.act_fn = "silu"
-  c.train.batch_size = 16
-  c.eval.batch_size = 16
-  c.train.epochs = 100
-  c.train.max_patience = 50
+  """`arg="tiny"` shrinks the model to test size."""
+  c = defaults.reference_config(
+      "covctr", num_layers=2, act_fn="silu", text_seq_len=80, batch_size=16, epochs=100,
+      max_patience=50)
   return defaults.apply_arg(c, arg)

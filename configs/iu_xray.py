@@ -12,19 +12,11 @@ from micar_jax import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """IU X-ray settings (R2Gen run_iu_xray.sh); `arg="tiny"` for tests."""
-  c = defaults.base_config()
-  c.dataset = "iu_xray"
-  c.data_dir = "data/iu_xray"
+  """`arg="tiny"` shrinks the model to test size."""
+  c = defaults.reference_config(
+      "iu_xray", num_layers=3, act_fn="silu", text_seq_len=60, batch_size=16, epochs=100,
+      max_patience=50)
+  # R2Gen run_iu_xray.sh: seed 9223, vocabulary threshold 3, two views.
   c.seed = 9223
   c.data.num_views = 2
-  c.data.min_frequency = 3
-  c.data.text_seq_len = 60
-  c.model.num_layers = 3
-  c.model.act_fn = "silu"
-  c.train.batch_size = 16
-  c.eval.batch_size = 16
-  c.train.epochs = 100
-  c.train.max_patience = 50
-  c.train.weight_decay = 5e-5
   return defaults.apply_arg(c, arg)

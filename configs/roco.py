@@ -9,15 +9,8 @@ from micar_jax import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """ROCO settings; `arg="tiny"` shrinks the model for tests."""
-  c = defaults.base_config()
-  c.dataset = "roco"
-  c.data_dir = "data/roco"
-  c.data.text_seq_len = 60
-  c.model.num_layers = 3
-  c.model.act_fn = "silu"
-  c.train.batch_size = 16
-  c.eval.batch_size = 16
-  c.train.epochs = 30
-  c.train.max_patience = 10
+  """`arg="tiny"` shrinks the model to test size."""
+  c = defaults.reference_config(
+      "roco", num_layers=3, act_fn="silu", text_seq_len=60, batch_size=16, epochs=30,
+      max_patience=10)
   return defaults.apply_arg(c, arg)

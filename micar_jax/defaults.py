@@ -179,6 +179,21 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def reference_config(dataset: str, *, num_layers: int, act_fn: str, text_seq_len: int,
+                     batch_size: int, epochs: int, max_patience: int) -> ml_collections.ConfigDict:
+  """The base config with a run script's per-dataset settings (REFERENCE_MODEL.md §6)."""
+  c = base_config()
+  c.dataset = dataset
+  c.data_dir = f"data/{dataset}"
+  c.data.text_seq_len = text_seq_len
+  c.model.num_layers = num_layers
+  c.model.act_fn = act_fn
+  c.train.batch_size = c.eval.batch_size = batch_size
+  c.train.epochs = epochs
+  c.train.max_patience = max_patience
+  return c
+
+
 def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to the test size: stages (1,1,1,1), width 8, 32 px."""
   c.data.image_size = 32
