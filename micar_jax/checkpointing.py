@@ -84,11 +84,6 @@ def _replace_step(manager: ocp.CheckpointManager, step: int) -> None:
     manager.delete(step)
 
 
-def restore_variables(directory: str, abstract_variables: dict[str, Any]) -> dict[str, Any]:
-  """Loads {params, batch_stats} saved by StandardCheckpointer (e.g. a converted model)."""
-  return ocp.StandardCheckpointer().restore(os.path.abspath(directory), abstract_variables)
-
-
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a pytree of arrays: a restore target."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -47,6 +47,12 @@ class Run:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config, self.workdir = config, workdir
+    converted_vocab = os.path.join(config.init_from, "token2id.json")
+    if config.init_from and not config.data.vocab_path and os.path.exists(converted_vocab):
+      # A converted model carries its vocabulary (micar_jax.convert official).
+      config = config.copy_and_resolve_references()
+      config.data.vocab_path = converted_vocab
+      self.config = config
     self.tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
     self.model_config = model_lib.ModelConfig.from_config(config, self.tokenizer.vocab_size)
     checkpointing.check_run_config(workdir, checkpointing.run_config_of(self.model_config))
@@ -74,6 +80,9 @@ class Run:
 
   def best_variables(self) -> dict[str, Any]:
     restored = self.checkpoints.restore_best(self.abstract_variables())
+    if restored is None and self.config.init_from:
+      from micar_jax import convert  # pylint: disable=g-import-not-at-top
+      return convert.load_model_init(self.config.init_from, self.abstract_variables())
     if restored is None:
       raise errors.UserError(f"workdir {self.workdir} has no best checkpoint yet; run "
                              "--mode=train first (or pass --config.init_from=DIR)")
@@ -167,15 +176,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _maybe_load_init(config, state):
   """Starts from a converted checkpoint (config.init_from) or ImageNet ResNet weights."""
+  if not (config.init_from or config.model.vision_init_from):
+    return state
+  from micar_jax import convert  # pylint: disable=g-import-not-at-top
   if config.init_from:
-    variables = checkpointing.restore_variables(
+    variables = convert.load_model_init(
         config.init_from, checkpointing.abstract_like(state.variables()))
-    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-  if config.model.vision_init_from:
-    from micar_jax import convert  # pylint: disable=g-import-not-at-top
+  else:
     variables = convert.load_vision_init(config.model.vision_init_from, state.variables())
-    return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-  return state
+  return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
 def _save_latest(run: Run, state, data_iter, loop: LoopState) -> None:

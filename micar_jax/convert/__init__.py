@@ -1,0 +1,20 @@
+"""PyTorch weights -> micar_jax variables.
+
+  python -m micar_jax.convert torchvision-resnet --weights=resnet101.pth --out=DIR
+      ImageNet ResNet weights for `--config.model.vision_init_from=DIR`.
+  python -m micar_jax.convert official --checkpoint=model_snapshot.pth \\
+      --token2id=token2id.json --config=configs/covctr.py --out=DIR
+      A released MicarVLMoE model for `--config.init_from=DIR`.
+
+Python API: `official_state_dict_to_variables`, `variables_to_official_state_dict`,
+`load_vision_init`, `load_model_init`, `read_state_dict`.
+"""
+
+from micar_jax.convert.io import load_model_init, load_vision_init, read_state_dict
+from micar_jax.convert.names import MismatchError
+from micar_jax.convert.official import (official_state_dict_to_variables,
+                                        variables_to_official_state_dict)
+
+__all__ = ["MismatchError", "load_model_init", "load_vision_init",
+           "official_state_dict_to_variables", "read_state_dict",
+           "variables_to_official_state_dict"]

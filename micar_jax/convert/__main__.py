@@ -1,0 +1,102 @@
+"""Command line of the converters (see micar_jax/convert/__init__.py for usage)."""
+
+import json
+import os
+import shutil
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_COMMANDS = ("torchvision-resnet", "official")
+
+
+def define_flags() -> None:
+  """Declares the flags (only when run as a program: tests import this module)."""
+  flags.DEFINE_string("weights", None, "torchvision ResNet state dict (.pth/.safetensors).")
+  flags.DEFINE_string("checkpoint", None,
+                      "Official model_snapshot.pth (or a .safetensors state dict).")
+  flags.DEFINE_string("token2id", None, "The checkpoint's token2id.json vocabulary.")
+  config_flags.DEFINE_config_file("config", None, "Dataset config (configs/<name>.py).")
+  flags.DEFINE_string("out", None, "Output folder.")
+
+
+def _require(**values) -> None:
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  absent = [f"--{k}" for k, v in values.items() if not v]
+  if absent:
+    raise errors.UserError(f"missing {', '.join(absent)}")
+
+
+def convert_torchvision(weights: str, out: str) -> str:
+  """Writes OUT/backbone and OUT/resnet.json; returns a one-line summary."""
+  from micar_jax.convert import io, torchvision_resnet  # pylint: disable=g-import-not-at-top
+  stages, width, tree = torchvision_resnet.state_dict_to_backbone(io.read_state_dict(weights))
+  depth = torchvision_resnet.depth_of(stages)
+  io.save(out, io.BACKBONE_DIR, tree)
+  with open(os.path.join(out, io.RESNET_JSON), "w") as f:
+    json.dump({"depth": depth, "stage_sizes": list(stages), "width": width,
+               "source": os.path.basename(weights)}, f, indent=1)
+  return (f"wrote ResNet-{depth or stages} backbone to {out}: use "
+          f"--config.model.vision_init_from={out}")
+
+
+def _read_vocab(path: str, vocab_size: int) -> None:
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path) as f:
+      vocab = json.load(f)
+  except (OSError, ValueError) as e:
+    raise errors.UserError(f"{path}: not a readable JSON vocabulary ({e})") from None
+  if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(vocab_size)):
+    raise errors.UserError(f"{path} does not map {vocab_size} tokens to ids 0..{vocab_size - 1} "
+                           "(the checkpoint's embedding has that many rows)")
+
+
+def convert_official(checkpoint: str, token2id: str, config, config_path: str, out: str) -> str:
+  """Writes OUT/variables, OUT/token2id.json and OUT/conversion.json; returns a summary."""
+  from micar_jax.convert import io, official  # pylint: disable=g-import-not-at-top
+  state_dict = io.read_state_dict(checkpoint)
+  variables = official.official_state_dict_to_variables(state_dict, config)
+  vocab_size = int(variables["params"]["text_embs"]["embedding"].shape[0])
+  _read_vocab(token2id, vocab_size)
+  io.save(out, io.MODEL_DIR, variables)
+  shutil.copyfile(token2id, os.path.join(out, "token2id.json"))
+  with open(os.path.join(out, "conversion.json"), "w") as f:
+    json.dump({"source": os.path.basename(checkpoint), "config": config_path,
+               "vocab_size": vocab_size}, f, indent=1)
+  return (f"wrote {config.dataset} model (V={vocab_size}) to {out}: use --config={config_path} "
+          f"--config.init_from={out} --config.data.vocab_path={out}/token2id.json")
+
+
+def main(argv: list[str]) -> None:
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  if len(argv) != 2 or argv[1] not in _COMMANDS:
+    print(f"error: expected one command, {' or '.join(_COMMANDS)}", file=sys.stderr)
+    sys.exit(2)
+  f = flags.FLAGS
+  try:
+    if argv[1] == "torchvision-resnet":
+      _require(weights=f.weights, out=f.out)
+      print(convert_torchvision(f.weights, f.out))
+    else:
+      _require(checkpoint=f.checkpoint, token2id=f.token2id, config=f.config, out=f.out)
+      print(convert_official(f.checkpoint, f.token2id, f.config,
+                             config_flags.get_config_filename(f["config"]), f.out))
+  except (errors.UserError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing with one-line errors (bad flag, missing or broken config file)."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, OSError, KeyError, ValueError, TypeError) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=parse_flags)

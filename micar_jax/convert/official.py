@@ -1,0 +1,70 @@
+"""The official PyTorch `CaptionModel` state dict <-> our {"params", "batch_stats"}."""
+
+from typing import Any
+
+import flax.traverse_util
+import jax
+import ml_collections
+import numpy as np
+
+from micar_jax import summary
+from micar_jax.convert import names
+from micar_jax.models import attention, model as model_lib, transformer
+
+EMBEDDING = "text_embs.embedding.weight"
+
+
+def constants(mc: model_lib.ModelConfig) -> dict[str, np.ndarray]:
+  """Reference entries that are fixed functions of the config (checked, never loaded)."""
+  freqs = np.asarray(attention.rope_frequencies(mc.qk_rope_dim, mc.rope_theta))
+  out = {"text_embs.pe.pe": transformer.sinusoidal_table(mc.max_len, mc.d_model)[None]}
+  for i in range(mc.num_layers):
+    out[f"encoder.layers.{i}.self_attention.rope.freqs"] = freqs
+    out[f"decoder.layers.{i}.self_attention.rope.freqs"] = freqs
+    out[f"decoder.layers.{i}.gated_fusion.cross_attention.rope.freqs"] = freqs
+  return out
+
+
+def variable_shapes(mc: model_lib.ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Flat (collection, module..., leaf) -> shape of the model's variables (no allocation)."""
+  flat = flax.traverse_util.flatten_dict(summary.abstract_variables(mc))
+  return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def official_state_dict_to_variables(state_dict: dict[str, np.ndarray],
+                                     config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Converts the reference model's weights for the model of `config`.
+
+  The vocabulary size comes from the state dict's embedding table, every other
+  dimension from `config`. num_layers and text_seq_len (through the PE table) are
+  checked against the weights; act_fn leaves no trace in them, so the config
+  must name the right one.
+
+  Args:
+    state_dict: reference name -> array (e.g. `io.read_state_dict(model_snapshot.pth)`).
+    config: the dataset config (configs/<dataset>.py).
+
+  Returns:
+    {"params": ..., "batch_stats": ...} of float32 numpy arrays, our layouts.
+
+  Raises:
+    names.MismatchError: missing, unexpected or wrongly shaped entries, all listed.
+  """
+  if EMBEDDING not in state_dict or np.ndim(state_dict[EMBEDDING]) != 2:
+    raise names.MismatchError("not a MicarVLMoE state dict", missing=[EMBEDDING])
+  mc = model_lib.ModelConfig.from_config(config, int(np.shape(state_dict[EMBEDDING])[0]))
+  flat = names.match_state_dict(
+      state_dict, variable_shapes(mc), names.OFFICIAL,
+      f"state dict does not fit the {config.dataset} config "
+      f"(num_layers={mc.num_layers}, text_seq_len={mc.max_len}, V={mc.vocab_size})",
+      constants=constants(mc))
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def variables_to_official_state_dict(variables: dict[str, Any], mc: model_lib.ModelConfig
+                                     ) -> dict[str, np.ndarray]:
+  """Our variables -> the reference's state dict (names, layouts, constants, BN counters)."""
+  flat = flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, variables))
+  state_dict = names.to_state_dict(flat, names.OFFICIAL)
+  state_dict.update(constants(mc))
+  return state_dict

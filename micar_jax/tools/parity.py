@@ -1,0 +1,221 @@
+"""Numerical parity of micar_jax with the reference PyTorch model.
+
+  python -m micar_jax.tools.parity --reference_src=PATH [--config=configs/covctr.py]
+      [--image_size=64] [--batch=2] [--vocab_size=229] [--decode_len=0]
+
+PATH is a checkout of the reference code (github.com/AI-14/micar-vl-moe). Needs
+torch, torchvision, einops and rotary-embedding-torch (never project
+dependencies: run it in a separate environment). The tool builds the
+reference `CaptionModel` for the config's dataset settings with random weights
+(the backbone without ImageNet weights: there is no network), randomises the
+BatchNorm statistics and all norm weights so that they matter, converts its
+state dict with `micar_jax.convert`, and compares in eval mode on the same
+random images and token ids:
+  * teacher-forced logits: max |Δ| / max |logits| (fails above --tolerance);
+  * the auxiliary load-balancing loss (mean over decoder layers);
+  * greedy generation (micar_jax.decode, KV-cached) against the reference's
+    `beam_search` (which computes greedy decoding: its beams never diverge),
+    token by token.
+Exit status 0 when everything agrees, 1 otherwise, 2 for a usage problem.
+"""
+
+import dataclasses
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+import numpy as np
+
+from micar_jax.data.tokenizer import EOS, PAD, SOS
+
+_DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "configs", "covctr.py")
+
+
+def define_flags() -> None:
+  """Declares the flags (only when run as a program: tests import this module)."""
+  flags.DEFINE_string("reference_src", None, "Checkout of the reference code.")
+  config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Dataset config.")
+  flags.DEFINE_integer("image_size", 224, "Square image side (64 keeps CPU runs short).")
+  flags.DEFINE_integer("batch", 2, "Images per comparison.")
+  flags.DEFINE_integer("vocab_size", 229, "Vocabulary size of the random model.")
+  flags.DEFINE_integer("decode_len", 0, "Greedy steps (0 = text_seq_len).")
+  flags.DEFINE_integer("seed", 0, "Seed of the weights and inputs.")
+  flags.DEFINE_float("tolerance", 1e-4, "Largest allowed max|Δlogits| / max|logits|.")
+
+
+
+
+def _import_torch():
+  """torch, torchvision (checked together with the reference's other packages)."""
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  try:
+    import einops  # pylint: disable=g-import-not-at-top,unused-import
+    import rotary_embedding_torch  # pylint: disable=g-import-not-at-top,unused-import
+    import torch  # pylint: disable=g-import-not-at-top
+    import torchvision  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise errors.UserError(
+        f"the parity check needs {e.name}: pip install torch torchvision einops "
+        "rotary-embedding-torch==0.8.6 (in a separate environment)") from None
+  return torch, torchvision
+
+
+def build_reference(reference_src: str, config, vocab_size: int, seed: int):
+  """The reference CaptionModel for `config`'s settings, random weights, eval mode."""
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  m = config.model
+  if tuple(m.resnet_stages) not in ((), (3, 4, 23, 3)) or m.resnet_depth != 101 \
+      or m.resnet_width != 64:
+    raise errors.UserError("the reference's backbone is a ResNet-101: the config needs "
+                           "model.resnet_depth=101, resnet_stages=(), resnet_width=64")
+  torch, torchvision = _import_torch()
+  sys.path.insert(0, os.path.abspath(reference_src))
+  try:
+    from architecture import blocks, models  # pylint: disable=g-import-not-at-top
+    from configs import cfg as ref_cfg  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise errors.UserError(f"{reference_src} is not a checkout of the reference code "
+                           f"({e})") from None
+  # The reference asks torchvision for ImageNet weights (a download); every weight is
+  # randomised here anyway, so build the same architecture without them.
+  blocks.resnet101 = lambda weights=None, **kw: torchvision.models.resnet101(weights=None, **kw)
+  ref_config = ref_cfg.Configs(
+      d_v=m.d_v, num_heads=m.num_heads, num_layers=m.num_layers, d_model=m.d_model,
+      d_latent=m.d_latent, qk_nope_dim=m.qk_nope_dim, qk_rope_dim=m.qk_rope_dim, d_ff=m.d_ff,
+      act_fn=m.act_fn, attention_dropout=m.attention_dropout, dropout=m.dropout,
+      num_experts=m.num_experts, k=m.top_k, text_seq_len=config.data.text_seq_len)
+  torch.manual_seed(seed)
+  model = models.CaptionModel(ref_config, vocab_size)
+  # Fresh BatchNorm and RMSNorm are identities (stats 0/1, weights 1): make them matter.
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.normal_(0.0, 0.1)
+        module.running_var.uniform_(0.5, 2.0)
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.1)
+      elif isinstance(module, blocks.RMSNorm):
+        module.weight.uniform_(0.5, 1.5)
+  return model.eval()
+
+
+def random_inputs(batch: int, image_size: int, seq_len: int, vocab_size: int, seed: int):
+  """Images [b, 3, S, S] (NCHW), ids [b, T] (<sos> first, the last row padded), pad mask."""
+  rng = np.random.default_rng(seed)
+  images = rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
+  ids = rng.integers(4, vocab_size, (batch, seq_len)).astype(np.int32)
+  ids[:, 0] = SOS
+  ids[-1, seq_len // 2:] = PAD
+  ids[-1, seq_len // 2 - 1] = EOS
+  return images, ids, (ids != PAD).astype(np.int32)
+
+
+def same_generation(reference: np.ndarray, ours: np.ndarray) -> tuple[bool, str]:
+  """Compares reference `beam_search` ids with ours ([b, steps + 1], <pad> after a stop).
+
+  The reference returns steps + 1 columns, or pads to `steps` columns when every
+  row emitted <eos> at one early step; our extra columns must then be <pad>.
+
+  Returns:
+    (identical, a description of the first difference or "").
+  """
+  width = reference.shape[1]
+  if not np.all(ours[:, width:] == PAD):
+    return False, f" (ours continues after the reference stopped at {width} columns)"
+  diff = np.argwhere(reference != ours[:, :width])
+  if not len(diff):
+    return True, ""
+  row, t = map(int, diff[0])
+  return False, (f" (first difference: image {row}, position {t}: reference "
+                 f"{reference[row, t]}, ours {ours[row, t]})")
+
+
+def compare(reference_src: str, config, image_size: int, batch: int, vocab_size: int,
+            decode_len: int, seed: int, tolerance: float) -> bool:
+  """Runs both models and prints the figures; True when they agree."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from micar_jax import convert, decode  # pylint: disable=g-import-not-at-top
+  from micar_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  seq_len = config.data.text_seq_len
+  steps = decode_len or seq_len
+  if not 0 < steps <= seq_len:
+    raise errors.UserError(f"--decode_len must be in 1..text_seq_len={seq_len}")
+  torch, _ = _import_torch()
+  with config.unlocked():
+    config.model.dtype = "float32"
+    config.model.capacity_factor = -1.0  # the reference drops no token
+  ref = build_reference(reference_src, config, vocab_size, seed)
+  state_dict = {k: v.detach().cpu().numpy() for k, v in ref.state_dict().items()}
+  variables = convert.official_state_dict_to_variables(state_dict, config)
+  mc = model_lib.ModelConfig.from_config(config, vocab_size)
+  ours = model_lib.MicarVLMoE(mc)
+  images, ids, pad_mask = random_inputs(batch, image_size, seq_len, vocab_size, seed)
+  nhwc = images.transpose(0, 2, 3, 1)
+
+  clock = time.perf_counter()
+  with torch.no_grad():
+    ref_logits, ref_aux = ref(torch.from_numpy(images), torch.from_numpy(ids).long(),
+                              torch.from_numpy(pad_mask).long())
+  ref_seconds, clock = time.perf_counter() - clock, time.perf_counter()
+  forward = jax.jit(lambda v, x, t, p: ours.apply(v, x, t, p, False))
+  logits, stats = jax.block_until_ready(forward(variables, nhwc, ids, pad_mask))
+  our_seconds = time.perf_counter() - clock
+  ref_logits, logits = ref_logits.numpy(), np.asarray(logits)
+  delta = float(np.max(np.abs(logits - ref_logits)))
+  scale = float(np.max(np.abs(ref_logits)))
+  ratio = delta / scale
+  logits_ok = ratio <= tolerance
+  print(f"config: {config.dataset} (num_layers={mc.num_layers}, act_fn={mc.act_fn}, "
+        f"text_seq_len={seq_len}), V={vocab_size}, images {batch}x3x{image_size}x{image_size}, "
+        f"seed {seed}", flush=True)
+  print(f"logits: max|Δ| = {delta:.3e}, max|logits| = {scale:.3e}, ratio = {ratio:.3e} "
+        f"(tolerance {tolerance:.0e}): {'OK' if logits_ok else 'FAIL'} "
+        f"[reference {ref_seconds:.1f} s, ours {our_seconds:.1f} s incl. compile]", flush=True)
+  print(f"aux loss: reference {float(ref_aux):.7f}, ours {float(stats['aux']):.7f}, "
+        f"|Δ| = {abs(float(ref_aux) - float(stats['aux'])):.2e}", flush=True)
+
+  clock = time.perf_counter()
+  with torch.no_grad():
+    ref_ids = ref.beam_search(torch.from_numpy(images), SOS, EOS, PAD, 3, steps).numpy()
+  ref_seconds, clock = time.perf_counter() - clock, time.perf_counter()
+  # Decoding `steps` positions needs a PE table and KV cache of that length only.
+  generate = decode.make_generate_fn(
+      dataclasses.replace(mc, max_len=steps),
+      ml_collections.ConfigDict({"decode": "greedy", "beam_width": 1, "length_penalty": 0.0}))
+  ours_ids = np.asarray(generate(variables["params"], variables["batch_stats"], nhwc))
+  our_seconds = time.perf_counter() - clock
+  same, detail = same_generation(ref_ids, ours_ids)
+  print(f"greedy (cached, micar_jax.decode): {steps} steps x {batch} images, token-identical "
+        f"to the reference beam_search: {'yes' if same else 'NO'}{detail} "
+        f"[reference {ref_seconds:.1f} s, ours {our_seconds:.1f} s incl. compile]", flush=True)
+  return logits_ok and same
+
+
+def main(argv: list[str]) -> None:
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+    sys.exit(2)
+  f = flags.FLAGS
+  if not f.reference_src:
+    print("error: --reference_src=PATH (a checkout of the reference code) is required",
+          file=sys.stderr)
+    sys.exit(2)
+  try:
+    ok = compare(f.reference_src, f.config, f.image_size, f.batch, f.vocab_size, f.decode_len,
+                 f.seed, f.tolerance)
+  except (errors.UserError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
