@@ -162,6 +162,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Folder with the RaTEScore model folders; "" skips RaTEScore.
   c.eval.ratescore_dir = ""
 
+  # --mode=explain: decoder layer whose cross-attention is shown ("mean" or an index).
+  c.eval.explain_layers = "mean"
+  # --mode=explain: attention head shown ("mean" or an index).
+  c.eval.explain_heads = "mean"
+  # --mode=explain: most per-word attention panels in a figure.
+  c.eval.explain_max_words = 24
+
   c.mesh = ml_collections.ConfigDict()
   # Devices the mesh uses (the first N of jax.devices()); 0 = all of them.
   c.mesh.num_devices = 0

@@ -5,6 +5,8 @@ Modes:
            checkpoint (resumes from DIR when it holds a run);
   test     test the best checkpoint (or --config.init_from) on the test split;
   predict  write DIR/predictions.jsonl for --images (files or a directory);
+  explain  write DIR/explain/<image>.png (+ .json): per generated word the decoder's
+           cross-attention over the image and the experts it was routed to;
   summary  print the parameter table and total_params=<N> (no allocation).
 
 Overrides: any config field, e.g. `--config.train.max_steps=20`. Problems the
@@ -17,12 +19,18 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics, reports).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "test", "predict", "summary"], "What to do.")
-_IMAGES = flags.DEFINE_list("images", None, "Image files or one directory (--mode=predict).")
-flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Declared only when run as a program, so importing this module defines no flags."""
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics, reports).")
+  flags.DEFINE_enum("mode", "train", ["train", "test", "predict", "explain", "summary"],
+                    "What to do.")
+  flags.DEFINE_list("images", None, "Image files or one directory (predict, explain).")
+  flags.mark_flags_as_required(["config"])
 
 
 def _prepare_workdir(workdir: str | None) -> str:
@@ -66,10 +74,15 @@ def run(config, workdir: str | None, mode: str, images: list[str] | None) -> Non
     train.train_and_evaluate(config, workdir)
   elif mode == "test":
     train.test_best(train.Run(config, workdir))
-  elif mode == "predict":
+  elif mode in ("predict", "explain"):
     if not images:
-      raise errors.UserError("--mode=predict needs --images=FILE[,FILE...] or a directory")
-    predict.predict(config, workdir, images)
+      raise errors.UserError(f"--mode={mode} needs --images=FILE[,FILE...] or a directory")
+    if mode == "predict":
+      predict.predict(config, workdir, images)
+    else:
+      # matplotlib loads only for this mode.
+      from micar_jax import explain  # pylint: disable=g-import-not-at-top
+      explain.explain(config, workdir, images)
 
 
 def _one_line(e: BaseException) -> str:
@@ -108,7 +121,7 @@ def main(argv) -> None:
   from micar_jax import errors  # pylint: disable=g-import-not-at-top
   from micar_jax.data import images as images_lib, sources  # pylint: disable=g-import-not-at-top
   try:
-    run(_CONFIG.value, _WORKDIR.value, _MODE.value, _IMAGES.value)
+    run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images)
   except (errors.UserError, sources.MissingDataError, images_lib.ImageError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -117,4 +130,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)

@@ -17,9 +17,15 @@ from ml_collections import config_flags
 from micar_jax.data import input_pipeline
 from micar_jax.data import tokenizer as tokenizer_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=False)
-_WORKERS = flags.DEFINE_list("workers", ["0", "2"], "Worker process counts to measure.")
-_BATCHES = flags.DEFINE_integer("batches", 30, "Batches timed after the first one.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Declared only when run as a program, so importing this module defines no flags."""
+  config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=False)
+  flags.DEFINE_list("workers", ["0", "2"], "Worker process counts to measure.")
+  flags.DEFINE_integer("batches", 30, "Batches timed after the first one.")
+  flags.mark_flags_as_required(["config"])
 
 
 def measure(config, tokenizer: tokenizer_lib.Tokenizer, batches: int) -> tuple[float, float]:
@@ -40,18 +46,18 @@ def measure(config, tokenizer: tokenizer_lib.Tokenizer, batches: int) -> tuple[f
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  config = _CONFIG.value
+  config = FLAGS.config
   with tempfile.TemporaryDirectory() as workdir:
     tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
   print(f"dataset {config.dataset} at {config.data_dir}: image {config.data.image_size}px "
         f"(resize {config.data.resize_size}), batch {config.train.batch_size}, "
         f"augment {config.data.augment}")
-  for workers in (int(w) for w in _WORKERS.value):
+  for workers in (int(w) for w in FLAGS.workers):
     config.data.worker_count = workers
-    first, rate = measure(config, tokenizer, _BATCHES.value)
+    first, rate = measure(config, tokenizer, FLAGS.batches)
     print(f"workers={workers}: first batch {first:.2f} s, {rate:.1f} examples/s")
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
+  define_flags()
   app.run(main)

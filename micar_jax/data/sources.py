@@ -95,7 +95,7 @@ def open_split(
   Returns:
     A picklable random-access sequence of rows (see module docstring).
   """
-  source = config.data.get("source", "jsonl")
+  source = config.data.source
   if source == "jsonl":
     data_dir = os.fspath(data_dir or config.data_dir)
     if config.dataset == "synthetic" and os.path.abspath(data_dir) == os.path.abspath(
@@ -107,7 +107,7 @@ def open_split(
     from micar_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
 
     return tfds_builders.data_source(
-        config.dataset, split, config.data.get("tfds_data_dir", "") or None)
+        config.dataset, split, config.data.tfds_data_dir or None)
   raise ValueError(f"config.data.source must be 'jsonl' or 'tfds', got {source!r}")
 
 

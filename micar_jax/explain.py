@@ -1,0 +1,266 @@
+"""What the model looked at: `--mode=explain --images=PATHS|DIR` -> DIR/explain/<stem>.{png,json}.
+
+Per image, the greedy report of the best checkpoint and, for each generated
+word, the decoder's cross-attention over the pool_size x pool_size image grid
+overlaid on the centre crop the network saw, followed by the experts each MoE
+layer routed that word to. Panels stop at the first `<eos>`; words the
+reference would keep after it are only counted.
+
+Config (config.eval): explain_layers / explain_heads ("mean" or an index,
+negative counts from the end) pick or average decoder layers / heads;
+explain_max_words caps the attention panels.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import textwrap
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+from matplotlib.figure import Figure
+
+from micar_jax import decode, errors, evaluate, sharding
+from micar_jax.data import images as images_lib
+from micar_jax.data import input_pipeline
+from micar_jax.data import tokenizer as tokenizer_lib
+
+# Figure layout in inches (fixed, so the PNG size follows from the content).
+DPI = 100
+COLS = 6
+PANEL_IN = 1.8
+HEADER_IN = 1.5
+ROUTING_PER_EXPERT_IN = 0.18
+# Room for a routing plot's title and its rotated word labels.
+ROUTING_PAD_IN = 1.2
+REPORT_WRAP, REPORT_LINES = 120, 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+  """One image's generated words and what each looked at.
+
+  Attributes:
+    words: generated words up to the first `<eos>` (`<pad>`/`<sos>` skipped).
+    attention: [n_words, grid, grid] cross-attention (selected/averaged layers and heads).
+    experts: [n_words, num_layers, top_k] routed expert ids, best first.
+    after_eos: generated words after the first `<eos>` (not shown).
+  """
+  words: list[str]
+  attention: np.ndarray
+  experts: np.ndarray
+  after_eos: int
+
+
+def select(value: Any, size: int, what: str) -> int | None:
+  """Parses a "mean" / index setting: None means average, else an index in [0, size).
+
+  Raises:
+    errors.UserError: neither "mean" nor an integer in [-size, size).
+  """
+  if str(value).strip().lower() == "mean":
+    return None
+  try:
+    index = int(str(value).strip())
+  except ValueError:
+    raise errors.UserError(f"config.eval.explain_{what} must be 'mean' or an integer, "
+                           f"got {value!r}") from None
+  if not -size <= index < size:
+    raise errors.UserError(f"config.eval.explain_{what}={index} is out of range for {size} {what}")
+  return index % size
+
+
+def _reduce(x: np.ndarray, axis: int, index: int | None) -> np.ndarray:
+  return x.mean(axis=axis) if index is None else np.take(x, index, axis=axis)
+
+
+def summarise(ids: np.ndarray, cross: np.ndarray, experts: np.ndarray,
+              tokenizer: tokenizer_lib.Tokenizer, layer: int | None, head: int | None
+              ) -> Explanation:
+  """One row of `decode.greedy_with_attention` as per-word attention grids.
+
+  Args:
+    ids: [T + 1] generated ids (`<sos>` first; step t chose ids[t + 1]).
+    cross: [T, L, H, n_img] cross-attention of step t; n_img must be a square grid.
+    experts: [T, L, top_k] routed experts of step t.
+    tokenizer: maps ids to words.
+    layer: decoder layer to show, None = mean over layers.
+    head: attention head to show, None = mean over heads.
+  """
+  grid = math.isqrt(cross.shape[-1])
+  if grid * grid != cross.shape[-1]:
+    raise ValueError(f"{cross.shape[-1]} image tokens are not a square grid (one view only)")
+  attention = _reduce(_reduce(cross, 1, layer), 1, head)  # [T, n_img]
+  steps, after_eos, seen_eos = [], 0, False
+  for t, token in enumerate(int(i) for i in ids[1:]):
+    if token == tokenizer_lib.EOS:
+      seen_eos = True
+    elif token not in (tokenizer_lib.PAD, tokenizer_lib.SOS):
+      if seen_eos:
+        after_eos += 1
+      else:
+        steps.append(t)
+  words = [tokenizer.detokenize([int(ids[t + 1])]) for t in steps]
+  return Explanation(words, attention[steps].reshape(len(steps), grid, grid),
+                     np.asarray(experts)[steps], after_eos)
+
+
+def unnormalise(image: np.ndarray) -> np.ndarray:
+  """A preprocessed float32 [S, S, 3] crop back to the uint8 RGB pixels the network saw."""
+  rgb = image * images_lib.IMAGENET_STD + images_lib.IMAGENET_MEAN
+  return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def figure_inches(num_panels: int, num_layers: int, num_experts: int) -> tuple[float, float]:
+  """(width, height) of a figure with `num_panels` word panels (plus the input panel)."""
+  rows = math.ceil((num_panels + 1) / COLS)
+  routing = num_layers * (num_experts * ROUTING_PER_EXPERT_IN + ROUTING_PAD_IN)
+  return COLS * PANEL_IN, HEADER_IN + rows * PANEL_IN + routing
+
+
+def render(crop: np.ndarray, expl: Explanation, num_experts: int, max_words: int,
+           header: str) -> Figure:
+  """The explanation figure: report header, attention panels, one routing plot per layer.
+
+  Args:
+    crop: uint8 [S, S, 3] the centre crop the network saw.
+    expl: the image's explanation.
+    num_experts: experts per MoE layer (rows of the routing plots).
+    max_words: at most this many attention panels.
+    header: the settings line under the report.
+  """
+  n_panels = min(len(expl.words), max_words)
+  num_layers = expl.experts.shape[1] if expl.experts.ndim == 3 else 0
+  width, height = figure_inches(n_panels, num_layers, num_experts)
+  fig = Figure(figsize=(width, height), dpi=DPI)
+
+  def axes(left, top, w, h):  # inches from the top-left corner -> figure fractions
+    return fig.add_axes((left / width, 1 - (top + h) / height, w / width, h / height))
+
+  report = " ".join(expl.words) or "(empty report)"
+  lines = textwrap.wrap(report, REPORT_WRAP)
+  if len(lines) > REPORT_LINES:
+    lines = lines[:REPORT_LINES - 1] + [lines[REPORT_LINES - 1][:REPORT_WRAP - 4] + " ..."]
+  notes = [header, "panels stop at the first <eos>"]
+  if expl.after_eos:
+    notes.append(f"{expl.after_eos} word(s) after it not shown")
+  if n_panels < len(expl.words):
+    notes.append(f"first {n_panels} of {len(expl.words)} words")
+  fig.text(0.1 / width, 1 - 0.1 / height, "\n".join(lines), va="top", ha="left", fontsize=9)
+  fig.text(0.1 / width, 1 - (HEADER_IN - 0.1) / height, "; ".join(notes), va="bottom", ha="left",
+           fontsize=8, color="dimgray")
+
+  size = crop.shape[0]
+  pad = 0.25  # per panel, for the word above it
+  for i in range(n_panels + 1):
+    row, col = divmod(i, COLS)
+    ax = axes(col * PANEL_IN + 0.05, HEADER_IN + row * PANEL_IN + pad,
+              PANEL_IN - 0.1, PANEL_IN - pad - 0.05)
+    ax.imshow(crop)
+    if i == 0:
+      ax.set_title("input", fontsize=8)
+    else:
+      grid = expl.attention[i - 1]
+      ax.imshow(grid, cmap="jet", alpha=0.45, interpolation="bilinear",
+                extent=(-0.5, size - 0.5, size - 0.5, -0.5), vmin=0.0,
+                vmax=max(float(grid.max()), 1e-9))
+      ax.set_title(f"{i}: {expl.words[i - 1]}", fontsize=8)
+    ax.set_axis_off()
+
+  top = HEADER_IN + math.ceil((n_panels + 1) / COLS) * PANEL_IN
+  plot_h = num_experts * ROUTING_PER_EXPERT_IN
+  for layer in range(num_layers):
+    chosen = np.zeros((num_experts, len(expl.words)))
+    top_k = expl.experts.shape[-1]
+    for t in range(len(expl.words)):
+      # Darker = preferred: the router's first choice gets top_k, the last 1.
+      chosen[expl.experts[t, layer], t] = np.arange(top_k, 0, -1)
+    ax = axes(0.6, top + 0.3, width - 0.8, plot_h)
+    ax.imshow(chosen, cmap="Greys", vmin=0, vmax=top_k, aspect="auto", interpolation="nearest")
+    ax.set_title(f"decoder layer {layer}: routed experts per word (black = first choice)",
+                 fontsize=8)
+    ax.set_yticks(range(num_experts), [str(e) for e in range(num_experts)], fontsize=6)
+    ax.set_ylabel("expert", fontsize=7)
+    ax.set_xticks(range(len(expl.words)), expl.words, rotation=90, fontsize=6)
+    top += plot_h + ROUTING_PAD_IN
+  return fig
+
+
+def _settings(config: ml_collections.ConfigDict, num_layers: int, num_heads: int
+              ) -> tuple[int | None, int | None, int]:
+  layer = select(config.eval.explain_layers, num_layers, "layers")
+  head = select(config.eval.explain_heads, num_heads, "heads")
+  max_words = int(config.eval.explain_max_words)
+  if max_words < 1:
+    raise errors.UserError(f"config.eval.explain_max_words must be >= 1, got {max_words}")
+  return layer, head, max_words
+
+
+def _describe(index: int | None, size: int, what: str) -> str:
+  return f"mean of {size} {what}{'s' * (size != 1)}" if index is None else f"{what} {index}"
+
+
+def _out_stem(path: str, used: set[str]) -> str:
+  # Same-named images from different folders must not overwrite each other.
+  stem = os.path.splitext(os.path.basename(path))[0]
+  name, n = stem, 1
+  while name in used:
+    n += 1
+    name = f"{stem}-{n}"
+  used.add(name)
+  return name
+
+
+def _write(out_dir: str, stem: str, path: str, crop: np.ndarray, expl: Explanation,
+           num_experts: int, max_words: int, header: str) -> str:
+  png = os.path.join(out_dir, stem + ".png")
+  render(crop, expl, num_experts, max_words, header).savefig(png, dpi=DPI)
+  record = {"image": path, "report": " ".join(expl.words), "settings": header,
+            "words": expl.words, "after_eos": expl.after_eos,
+            "attention": np.round(expl.attention.astype(np.float64), 5).tolist(),
+            "experts": expl.experts.tolist()}
+  with open(os.path.join(out_dir, stem + ".json"), "w", encoding="utf-8") as f:
+    json.dump(record, f)
+  return png
+
+
+def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[str]) -> list[str]:
+  """Writes DIR/explain/<stem>.png and .json per readable image with the best checkpoint.
+
+  Returns:
+    The PNG paths, in input order.
+
+  Raises:
+    errors.UserError: multi-view config, bad explain settings, or no readable image.
+  """
+  if config.data.num_views != 1:
+    raise errors.UserError("--mode=explain supports single-view configs (data.num_views=1) only")
+  from micar_jax import train  # pylint: disable=g-import-not-at-top
+  run = train.Run(config, workdir)
+  mc = run.model_config
+  layer, head, max_words = _settings(config, mc.num_layers, mc.num_heads)
+  header = (f"greedy decoding; attention: {_describe(layer, mc.num_layers, 'layer')}, "
+            f"{_describe(head, mc.num_heads, 'head')}, colour scale per panel")
+  variables = run.best_variables()
+  out_dir = os.path.join(workdir, "explain")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = images[0] if len(images) == 1 else list(images)
+  written, used = [], set()
+  with sharding.use_mesh(run.mesh, run.rules):
+    for batch in input_pipeline.predict_batches(config, paths):
+      outs = decode.greedy_with_attention(mc, variables["params"], variables["batch_stats"],
+                                          run.put({"images": batch["images"]})["images"])
+      ids, cross, experts = (evaluate.to_host(x) for x in outs)
+      for row, path in enumerate(batch["paths"]):
+        expl = summarise(ids[row], cross[row], experts[row], run.tokenizer, layer, head)
+        written.append(_write(out_dir, _out_stem(path, used), path,
+                              unnormalise(batch["images"][row]), expl, mc.num_experts,
+                              max_words, header))
+  if not written:
+    raise errors.UserError(f"no readable images in {', '.join(images)}")
+  logging.info("wrote %d explanations", len(written))
+  print(f"explanations: {out_dir} ({len(written)} images)")
+  return written

@@ -1,0 +1,119 @@
+"""--mode=explain: per-image attention / routing figures from the best checkpoint."""
+
+import json
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from micar_jax import errors, explain, main, steps, train
+from micar_jax.data import images as images_lib
+from micar_jax.data.tokenizer import EOS, PAD, SOS, WordTokenizer
+from micar_jax.models import model as model_lib
+from tests import test_train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A workdir whose best checkpoint is a freshly initialised tiny model (no training)."""
+  tmp = tmp_path_factory.mktemp("explain")
+  config = test_train.tiny_config(tmp)
+  config.eval.explain_max_words = 5
+  workdir = str(tmp / "run")
+  run = train.Run(config, workdir)  # builds the synthetic data and the tokenizer
+  mc = run.model_config
+  model = model_lib.MicarVLMoE(mc)
+  variables = nn.meta.unbox(jax.jit(model.init)(
+      jax.random.PRNGKey(0), *steps.dummy_inputs(mc, config.data.image_size)))
+  run.checkpoints.save_best(1, {"params": variables["params"],
+                                "batch_stats": variables["batch_stats"]}, {"score": 0.0})
+  run.checkpoints.close()
+  images = tmp / "mine"
+  images.mkdir()
+  for i, name in enumerate(("a.png", "b.png")):
+    shutil.copy(tmp / "data" / "images" / f"test_00000{i}.png", images / name)
+  (images / "broken.png").write_bytes(b"not a png")
+  return config, workdir, images, mc
+
+
+def test_explain_writes_a_nonblank_figure_and_json_per_image(run_dir):
+  config, workdir, images, mc = run_dir
+  main.run(config, workdir, "explain", [str(images)])
+  out = os.path.join(workdir, "explain")
+  assert sorted(os.listdir(out)) == ["a.json", "a.png", "b.json", "b.png"]
+  for stem in ("a", "b"):
+    record = json.load(open(os.path.join(out, stem + ".json")))
+    n = len(record["words"])
+    assert record["report"] == " ".join(record["words"])
+    attention = np.asarray(record["attention"])
+    assert attention.shape == (n, mc.pool_size, mc.pool_size)
+    np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-3)
+    experts = np.asarray(record["experts"])
+    assert experts.shape == (n, mc.num_layers, mc.top_k)
+    assert np.all((experts >= 0) & (experts < mc.num_experts))
+    with Image.open(os.path.join(out, stem + ".png")) as img:
+      pixels = np.asarray(img.convert("RGB"))
+    width, height = explain.figure_inches(min(n, 5), mc.num_layers, mc.num_experts)
+    assert pixels.shape == (round(height * explain.DPI), round(width * explain.DPI), 3)
+    assert pixels.shape[1] == round(explain.COLS * explain.PANEL_IN * explain.DPI)
+    assert pixels.std() > 20
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200
+    # The first attention panel (the jet overlay) holds colours the input crop lacks.
+    panel_top = int(explain.HEADER_IN * explain.DPI)
+    panel_w = int(explain.PANEL_IN * explain.DPI)
+    crop = pixels[panel_top:panel_top + panel_w, :panel_w].reshape(-1, 3)
+    overlay = pixels[panel_top:panel_top + panel_w, panel_w:2 * panel_w].reshape(-1, 3)
+    assert np.any(np.abs(overlay.astype(int) - overlay.mean(axis=0)).sum(-1) > 60)
+    assert not np.array_equal(np.unique(crop, axis=0), np.unique(overlay, axis=0))
+
+
+def test_explain_rejects_bad_settings_and_unreadable_input(run_dir):
+  config, workdir, images, _ = run_dir
+  with pytest.raises(errors.UserError, match="no readable images"):
+    explain.explain(config, workdir, [str(images / "broken.png")])
+  with pytest.raises(errors.UserError, match="needs --images"):
+    main.run(config, workdir, "explain", None)
+  bad = config.copy_and_resolve_references()
+  bad.eval.explain_heads = "7"
+  with pytest.raises(errors.UserError, match="explain_heads=7 is out of range for 4 heads"):
+    explain.explain(bad, workdir, [str(images)])
+  two_views = config.copy_and_resolve_references()
+  two_views.data.num_views = 2
+  with pytest.raises(errors.UserError, match="num_views=1"):
+    explain.explain(two_views, workdir, [str(images)])
+
+
+def test_select_parses_mean_and_indices():
+  assert explain.select("mean", 3, "layers") is None
+  assert explain.select(" Mean ", 3, "layers") is None
+  assert explain.select("1", 3, "layers") == 1
+  assert explain.select(-1, 3, "layers") == 2
+  with pytest.raises(errors.UserError, match="'mean' or an integer"):
+    explain.select("first", 3, "layers")
+
+
+def test_summarise_stops_at_first_eos_and_selects_layer_and_head():
+  tok = WordTokenizer.build(["no lesion seen"], 1, 8)
+  lesion, no = tok.token2id["lesion"], tok.token2id["no"]
+  ids = np.array([SOS, no, lesion, EOS, no, PAD])  # steps 0..4
+  steps_, layers, heads, grid = 5, 2, 3, 2
+  rng = np.random.default_rng(0)
+  cross = rng.random((steps_, layers, heads, grid * grid))
+  experts = rng.integers(0, 4, (steps_, layers, 2))
+  expl = explain.summarise(ids, cross, experts, tok, layer=1, head=None)
+  assert expl.words == ["no", "lesion"]
+  assert expl.after_eos == 1
+  np.testing.assert_allclose(expl.attention, cross[:2, 1].mean(axis=1).reshape(2, grid, grid))
+  np.testing.assert_array_equal(expl.experts, experts[:2])
+  mean = explain.summarise(ids, cross, experts, tok, layer=None, head=2)
+  np.testing.assert_allclose(mean.attention, cross[:2, :, 2].mean(axis=1).reshape(2, grid, grid))
+
+
+def test_unnormalise_inverts_preprocessing():
+  rgb = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(explain.unnormalise(images_lib.normalize(Image.fromarray(rgb))),
+                                rgb)
