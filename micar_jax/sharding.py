@@ -157,6 +157,24 @@ def resolve_spec(names: Sequence[str | None], shape: Sequence[int], rules: Logic
   return PartitionSpec(*result)
 
 
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint on an activation by logical names; a no-op without a mesh.
+
+  Resolved like the parameters (`resolve_spec`: an axis that does not divide
+  the dimension is left out), so any batch size works on any mesh, e.g. a
+  decode batch of 1. Uses the mesh and rules of the enclosing `use_mesh`.
+
+  Args:
+    x: the activation.
+    names: logical name (or None) of each dimension, e.g. ("batch", None, None, None).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  rules = nn.get_logical_axis_rules()
+  if mesh.empty or not rules:
+    return x
+  return jax.lax.with_sharding_constraint(x, resolve_spec(names, x.shape, rules, mesh))
+
+
 def unbox(tree: Any) -> Any:
   """Strips logical-partitioning boxes without sharding constraints.
 
@@ -239,23 +257,38 @@ def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, rules: LogicalRules,
   return state, shardings
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def batch_shards(mesh: Mesh) -> int:
+  """How many pieces the batch is split into: data x fsdp x expert."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names)
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,
+                 pad: bool = False) -> dict[str, jax.Array]:
   """Assembles each process's rows into global arrays split over the batch axes.
 
   Args:
     local_batch: this process's rows, {name: [local_batch, ...]}.
     mesh: the mesh.
+    pad: append zero rows (valid=False) until the global batch splits over the
+      batch shards; for evaluation and prediction, whose callers read back only
+      the rows they sent. Training batches are never padded (BatchNorm would
+      see the zero rows).
 
   Returns:
-    {name: [local_batch * process_count, ...]} sharded by `batch_sharding(mesh)`.
+    {name: [rows * process_count, ...]} sharded by `batch_sharding(mesh)`.
 
   Raises:
-    ValueError: the global batch does not split evenly over the batch shards.
+    ValueError: pad=False and the global batch does not split over the batch shards.
   """
   sharding = batch_sharding(mesh)
-  shards = math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names)
+  shards = batch_shards(mesh)
+  # Local rows must be a multiple of this for the global rows to split over the shards.
+  multiple = math.lcm(shards, jax.process_count()) // jax.process_count()
   out = {}
   for name, local in local_batch.items():
+    if pad and local.shape[0] % multiple:
+      extra = multiple - local.shape[0] % multiple
+      local = np.concatenate([local, np.zeros((extra,) + local.shape[1:], local.dtype)])
     rows = local.shape[0] * jax.process_count()
     if rows % shards:
       raise ValueError(f"batch {name!r} of {rows} rows does not split over {shards} batch "

@@ -62,10 +62,15 @@ class Run:
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.checkpoints = checkpointing.Checkpoints(workdir)
 
-  def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Host batch (this process's rows) -> global arrays sharded over the batch axes."""
+  def put(self, batch: dict[str, np.ndarray], pad: bool = True) -> dict[str, jax.Array]:
+    """Host batch (this process's rows) -> global arrays sharded over the batch axes.
+
+    With `pad`, rows are appended (zeros, valid=False) up to a multiple of the
+    mesh's batch shards, so any eval.batch_size works on any mesh; the outputs
+    then have extra rows at the end.
+    """
     arrays = {k: v for k, v in batch.items() if isinstance(v, np.ndarray)}
-    return sharding.global_batch(arrays, self.mesh)
+    return sharding.global_batch(arrays, self.mesh, pad=pad)
 
   def abstract_variables(self) -> dict[str, Any]:
     """Sharded ShapeDtypeStructs of {params, batch_stats} (a restore target)."""
@@ -114,6 +119,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The test scores (also written to workdir/test/scores.json).
   """
   run = Run(config, workdir)
+  shards = sharding.batch_shards(run.mesh)
+  if config.train.batch_size % shards:
+    raise errors.UserError(
+        f"train.batch_size={config.train.batch_size} does not split over the mesh's {shards} "
+        "batch shards (mesh data x fsdp x expert); use a multiple of it")
   tx_steps = input_pipeline.steps_per_epoch(config, len(sources.open_split(config, "train")))
   tx = optim.make_optimizer(config, tx_steps)
   init_fn = steps.make_init_fn(run.model_config, tx, config.data.image_size)
@@ -146,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       start = time.time()
       with sharding.use_mesh(run.mesh, run.rules):
         while step < epoch_end and not (max_steps and step >= max_steps):
-          batch = run.put(next(data_iter))
+          batch = run.put(next(data_iter), pad=False)
           state, metrics = train_step(state, batch)
           step += 1
           progress.update(1)

@@ -104,18 +104,23 @@ def test_capacity_is_per_shard_and_drops_are_counted():
 
 def test_dropout_masks_depend_on_the_rng_only():
   params, x = inputs()
-  module = layer("expert_parallel", dropout=0.5)
 
-  def run(seed):
+  def run(impl, seed):
+    module = layer(impl, dropout=0.5)
     return module.apply({"params": params}, x, True, rngs={"dropout": jax.random.PRNGKey(seed)})[0]
 
   with sharding.use_mesh(mesh_of(data=2, expert=4), sharding.logical_rules(None)):
-    run = jax.jit(run, static_argnums=0)
-    a, b, c = run(0), run(0), run(1)
-    clean = jax.jit(lambda: module.apply({"params": params}, x, False)[0])()
+    sharded = jax.jit(run, static_argnums=(0, 1))
+    a, b, c = sharded("expert_parallel", 0), sharded("expert_parallel", 0), sharded(
+        "expert_parallel", 1)
+    clean = jax.jit(lambda: layer("expert_parallel").apply({"params": params}, x, False)[0])()
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
   assert not np.allclose(a, clean)
+  # The same masks as every one-device impl: dropout is applied outside the shard_map.
+  for impl in ("sort", "einsum"):
+    np.testing.assert_allclose(a, jax.jit(run, static_argnums=(0, 1))(impl, 0), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_forward_backward_uses_four_all_to_alls():

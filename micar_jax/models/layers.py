@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from micar_jax import sharding
+
 Array = jax.Array
 Dtype = Any
 
@@ -89,7 +91,7 @@ class RMSNorm(nn.Module):
         "scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)), (x.shape[-1],))
     xf = x.astype(jnp.float32)
     normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-    return normed.astype(x.dtype) * weight.astype(x.dtype)
+    return batch_sharded(normed.astype(x.dtype) * weight.astype(x.dtype))
 
 
 class BatchNorm(nn.Module):
@@ -134,7 +136,17 @@ class BatchNorm(nn.Module):
     else:
       mean, var = ra_mean.value, ra_var.value
     y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
-    return y.astype(x.dtype)
+    return batch_sharded(y.astype(x.dtype))
+
+
+def batch_sharded(x: Array) -> Array:
+  """Keeps an activation [batch, ...] split over the batch axes only.
+
+  Without it, the partitioner may follow an fsdp-sharded weight into its
+  activations (channels split over "fsdp") and then has to regather them
+  ("Involuntary full rematerialization") to meet the batch-sharded neighbours.
+  """
+  return sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
 
 
 def telu(x: Array) -> Array:

@@ -101,7 +101,7 @@ class MoE(nn.Module):
     top_k: k.
     d_ff: expert hidden width.
     act_fn: activation name.
-    dropout: dropout on each expert's output.
+    dropout: dropout on each expert's output (per token and choice).
     combine: "sum" (reference: unweighted sum of the k outputs; the router then
       learns only from the auxiliary loss) or "weighted" (gate-weighted).
     aux_loss: "entropy" (reference) or "switch".
@@ -158,43 +158,45 @@ class MoE(nn.Module):
     keep = capacity_positions(ids, e) < capacity  # [tokens, k]
     stats["dropped"] = 1.0 - jnp.mean(keep.astype(jnp.float32))
     act = layers.activation(self.act_fn)
-    dropout = nn.Dropout(self.dropout)
 
     if self.impl == "sort":
-      y = self._sorted(tokens, ids, weights * keep, (w1, w3, w2), act, dropout, train)
+      out = self._sorted(tokens, ids, keep, (w1, w3, w2), act)
     elif self.impl == "einsum":
-      y = self._einsum(tokens, ids, weights * keep, capacity, (w1, w3, w2), act, dropout, train)
+      out = self._einsum(tokens, ids, capacity, (w1, w3, w2), act)
     elif self.impl == "expert_parallel":
       # Imported here because moe_parallel imports this module.
       from micar_jax.models import moe_parallel  # pylint: disable=g-import-not-at-top
-      rng = self.make_rng("dropout") if train and self.dropout > 0 else None
-      y, stats["dropped"] = moe_parallel.expert_parallel(
-          tokens, ids, weights, (w1, w3, w2), act, self.capacity_factor, self.dropout, rng)
+      out, stats["dropped"] = moe_parallel.expert_parallel(
+          tokens, ids, (w1, w3, w2), act, self.capacity_factor)
     else:
       raise ValueError(f"unknown moe_impl {self.impl!r}; expected 'sort', 'einsum' or "
                        "'expert_parallel'")
+    # One dropout over every impl's [tokens, k, d] outputs, outside any shard_map: with
+    # partitionable threefry its mask depends on the rng only, not on the mesh.
+    out = nn.Dropout(self.dropout)(out, deterministic=not train)
+    y = jnp.einsum("nkd,nk->nd", out, weights.astype(out.dtype))
     return y.reshape(b, t, d).astype(x.dtype), stats
 
-  def _sorted(self, tokens, ids, weights, ws, act, dropout, train):
-    """Sort assignments by expert, grouped matmuls, unsort, weighted sum: -> [tokens, d]."""
+  def _sorted(self, tokens, ids, keep, ws, act):
+    """Sort assignments by expert, grouped matmuls, unsort: -> [tokens, k, d]."""
     n, k = ids.shape
     flat_ids = ids.reshape(-1)
     order = jnp.argsort(flat_ids, stable=True)
     rows = tokens[order // k]  # [tokens·k, d] grouped by expert
     group_sizes = jnp.bincount(flat_ids, length=self.num_experts).astype(jnp.int32)
     ragged = lambda lhs, rhs: jax.lax.ragged_dot(lhs, rhs, group_sizes)
-    out = dropout(swiglu_experts(rows, *ws, act, ragged), deterministic=not train)
+    out = swiglu_experts(rows, *ws, act, ragged)
     out = jnp.zeros_like(out).at[order].set(out).reshape(n, k, -1)
-    return jnp.einsum("nkd,nk->nd", out, weights.astype(out.dtype))
+    # Over-capacity assignments were computed (ragged_dot has no slots) but count as dropped.
+    return out * keep[..., None].astype(out.dtype)
 
-  def _einsum(self, tokens, ids, weights, capacity, ws, act, dropout, train):
-    """Capacity dispatch [tokens, E, C] → experts → combine: -> [tokens, d]."""
+  def _einsum(self, tokens, ids, capacity, ws, act):
+    """Capacity dispatch [tokens, k, E, C] → experts → per-assignment outputs [tokens, k, d]."""
     slot = capacity_positions(ids, self.num_experts)
+    # one_hot of a slot >= capacity is all zeros: dropped assignments get no row.
     dispatch = (jax.nn.one_hot(ids, self.num_experts, dtype=tokens.dtype)[..., None]
                 * jax.nn.one_hot(slot, capacity, dtype=tokens.dtype)[..., None, :])  # [n,k,E,C]
-    combine = jnp.einsum("nkec,nk->nec", dispatch, weights.astype(tokens.dtype))
-    dispatch = jnp.sum(dispatch, axis=1)  # [n, E, C]
-    expert_in = jnp.einsum("nec,nd->ecd", dispatch, tokens)
+    expert_in = jnp.einsum("nkec,nd->ecd", dispatch, tokens)
     batched = lambda lhs, rhs: jnp.einsum("ecd,edf->ecf", lhs, rhs)
-    expert_out = dropout(swiglu_experts(expert_in, *ws, act, batched), deterministic=not train)
-    return jnp.einsum("nec,ecd->nd", combine, expert_out)
+    expert_out = swiglu_experts(expert_in, *ws, act, batched)
+    return jnp.einsum("nkec,ecd->nkd", dispatch, expert_out)

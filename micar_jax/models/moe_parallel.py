@@ -11,8 +11,9 @@ equal the one-device values. This module does only the sparse part:
      holds that expert, which receives [ep, E/ep, C, d] from its peers;
   3. the local experts run (their hidden width split over "tensor" and the
      partial outputs summed with psum, when d_ff divides);
-  4. a second all-to-all returns the outputs, and each shard combines its
-     tokens' k outputs with the combine weights.
+  4. a second all-to-all returns the outputs, and each shard gathers its
+     tokens' k outputs [n, k, d]; `moe.MoE` applies dropout and the combine
+     weights outside (so the dropout mask does not depend on the mesh).
 
 Capacity is per shard: C = expert_capacity(local tokens, k, E, capacity_factor),
 so with capacity_factor <= 0 nothing is dropped and the result equals the
@@ -45,26 +46,22 @@ def _context_mesh() -> jax.sharding.AbstractMesh:
   return mesh
 
 
-def expert_parallel(tokens: Array, expert_ids: Array, weights: Array,
-                    experts: tuple[Array, Array, Array], act: Callable[[Array], Array],
-                    capacity_factor: float, dropout: float = 0.0,
-                    dropout_rng: Array | None = None) -> tuple[Array, Array]:
+def expert_parallel(tokens: Array, expert_ids: Array, experts: tuple[Array, Array, Array],
+                    act: Callable[[Array], Array],
+                    capacity_factor: float) -> tuple[Array, Array]:
   """Computes each token's routed experts with the experts sharded over "expert".
 
   Args:
     tokens: [n, d] (any sharding; the batch axes split it inside).
     expert_ids: [n, k] int32 chosen experts.
-    weights: [n, k] combine weights (ones for "sum", gates for "weighted").
     experts: stacked SwiGLU weights w1 [E, d, f], w3 [E, d, f], w2 [E, f, d].
     act: the SwiGLU activation.
     capacity_factor: <= 0 for dropless, else per-shard slots
       ceil(cf · local tokens · k / E).
-    dropout: rate on each expert's output (used when dropout_rng is given).
-    dropout_rng: key for the dropout masks, or None for no dropout.
 
   Returns:
-    y [n, d] = Σ_k weight·expert output (zero for dropped assignments), and the
-    dropped fraction of the n·k assignments (scalar float32).
+    The expert output of each assignment [n, k, d] (unweighted, zero where
+    dropped), and the dropped fraction of the n·k assignments (scalar float32).
 
   Raises:
     ValueError: no mesh in context, or E not divisible by the expert axis.
@@ -86,28 +83,24 @@ def expert_parallel(tokens: Array, expert_ids: Array, weights: Array,
     # Padding rows route to expert -1: they take no slot and count as nothing.
     tokens = jnp.pad(tokens, ((0, pad), (0, 0)))
     expert_ids = jnp.pad(expert_ids, ((0, pad), (0, 0)), constant_values=-1)
-    weights = jnp.pad(weights, ((0, pad), (0, 0)))
   capacity = moe.expert_capacity((n + pad) // shards, k, num_experts, capacity_factor)
-  if dropout_rng is None or dropout <= 0.0:
-    dropout, dropout_rng = 0.0, jax.random.PRNGKey(0)
 
-  def local(x, ids, w, w1, w3, w2, rng):
-    y, dropped = _dispatch_compute_combine(x, ids, w, (w1, w3, w2), act, capacity, hidden,
-                                           dropout, rng, batch_axes)
-    return y, jax.lax.psum(dropped, batch_axes)
+  def local(x, ids, w1, w3, w2):
+    out, dropped = _dispatch_compute_return(x, ids, (w1, w3, w2), act, capacity, hidden)
+    return out, jax.lax.psum(dropped, batch_axes)
 
   rows = P(batch_axes)
   fn = jax.shard_map(
       local, mesh=mesh,
-      in_specs=(rows, rows, rows, P(sharding.EXPERT_AXIS, None, hidden),
-                P(sharding.EXPERT_AXIS, None, hidden), P(sharding.EXPERT_AXIS, hidden, None), P()),
+      in_specs=(rows, rows, P(sharding.EXPERT_AXIS, None, hidden),
+                P(sharding.EXPERT_AXIS, None, hidden), P(sharding.EXPERT_AXIS, hidden, None)),
       out_specs=(rows, P()), check_vma=True)
-  y, dropped = fn(tokens, expert_ids, weights, *experts, dropout_rng)
-  return y[:n], dropped / (n * k)
+  out, dropped = fn(tokens, expert_ids, *experts)
+  return out[:n], dropped / (n * k)
 
 
-def _dispatch_compute_combine(x, ids, w, ws, act, capacity, hidden, dropout, rng, batch_axes):
-  """One shard: [n, d] tokens -> ([n, d] outputs, number of dropped assignments)."""
+def _dispatch_compute_return(x, ids, ws, act, capacity, hidden):
+  """One shard: [n, d] tokens -> ([n, k, d] outputs, number of dropped assignments)."""
   n, k = ids.shape
   d = x.shape[-1]
   e_local = ws[0].shape[0]
@@ -129,15 +122,9 @@ def _dispatch_compute_combine(x, ids, w, ws, act, capacity, hidden, dropout, rng
   out = moe.swiglu_experts(buf, *ws, act, batched)  # [E/ep, ep · C, d]
   if hidden is not None:
     out = jax.lax.psum(out, hidden)
-  if dropout > 0.0:
-    # Each shard draws its own masks; tensor replicas share them.
-    key = jax.random.fold_in(rng, jax.lax.axis_index(batch_axes))
-    mask = jax.random.bernoulli(key, 1.0 - dropout, out.shape)
-    out = jnp.where(mask, out / (1.0 - dropout), jnp.zeros_like(out))
   out = out.reshape(e_local, ep, capacity, d).swapaxes(0, 1).reshape(ep, e_local * capacity, d)
   out = jax.lax.all_to_all(out, sharding.EXPERT_AXIS, 0, 0, tiled=True)
   out = out.reshape(num_experts * capacity, d)
 
   picked = out.at[dest].get(mode="fill", fill_value=0).reshape(n, k, d)
-  y = jnp.einsum("nkd,nk->nd", picked, (w * keep).astype(out.dtype))
-  return y, jnp.sum(real & ~keep).astype(jnp.float32)
+  return picked, jnp.sum(real & ~keep).astype(jnp.float32)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from micar_jax import sharding
 from micar_jax.models import attention, fusion, layers, moe
 
 Array = jax.Array
@@ -45,6 +46,9 @@ class TextEmbedding(nn.Module):
     """[b, t] int ids -> [b, t, d_model]; `position` offsets the PE when decoding (t = 1)."""
     table = self.param("embedding", layers.xavier_uniform((layers.VOCAB, layers.EMBED)),
                        (self.vocab_size, self.d_model))
+    # Gather the (small) table whole before the lookup, rather than reshuffling activations
+    # around an fsdp-sharded table.
+    table = sharding.constrain(table, (None, None))
     x = jnp.take(table, ids, axis=0).astype(self.dtype) * math.sqrt(self.d_model)
     pe = jnp.asarray(sinusoidal_table(self.max_len, self.d_model))
     start = 0 if position is None else position
