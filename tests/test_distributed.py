@@ -5,7 +5,6 @@ threefry, so they do not depend on the mesh. No token is dropped (dropless
 capacity), so expert parallelism computes exactly what one device does.
 """
 
-import importlib.util
 import json
 import os
 
@@ -15,6 +14,7 @@ import pytest
 
 from micar_jax import defaults, optim, run_logging, sharding, steps, train
 from micar_jax.models import model as model_lib
+from tests import test_train
 
 VOCAB = 29
 BATCH, SEQ = 8, 12
@@ -104,11 +104,7 @@ def test_eval_batches_are_padded_to_the_batch_shards():
 
 
 def run_config(tmp_path, impl="sort", num_devices=1, **sizes):
-  spec = importlib.util.spec_from_file_location("synthetic_cfg", "configs/synthetic.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("tiny")
-  c.data_dir = str(tmp_path / "data")
+  c = test_train.tiny_config(tmp_path)
   c.data.synthetic_sizes = (160, 8, 8)
   c.data.text_seq_len = SEQ
   c.model.moe_impl = impl
@@ -120,9 +116,7 @@ def run_config(tmp_path, impl="sort", num_devices=1, **sizes):
   c.train.lr = c.train.v_lr = 1e-4
   c.train.epochs = 1
   c.train.max_steps = 20
-  c.train.log_every = 1
   c.train.checkpoint_every = 4
-  c.eval.suites = ("reference",)
   c.mesh.num_devices = num_devices
   for axis in sharding.MESH_AXES:
     c.mesh[axis] = sizes.get(axis, 1)

@@ -10,6 +10,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import io
+import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -144,6 +145,26 @@ def read_csv(path: str) -> tuple[list[str], list[CsvRecord]]:
   if header is None:
     raise errors.UserError(f"{path} has no header row")
   return header, records
+
+
+def read_json_object(path: str, what: str, expected: str) -> dict:
+  """Loads a JSON object (BOM tolerated); a missing or malformed file is a UserError.
+
+  Args:
+    path: the file.
+    what: what the file is, for the not-found message (e.g. "PEIR Gross captions").
+    expected: what the top level should be, for the wrong-type message.
+  """
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      data = json.load(f)
+  except FileNotFoundError:
+    raise errors.UserError(f"{path} not found ({what})") from None
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise errors.UserError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(data, dict):
+    raise errors.UserError(f"{path}: expected {expected}, got {type(data).__name__}")
+  return data
 
 
 def require_columns(path: str, header: Sequence[str], needed: Iterable[str]) -> None:

@@ -5,26 +5,16 @@ Reference: captions that are JSON null are dropped before the split
 the part after the last `:`.
 """
 
-import json
 import math
 import os
 
-from micar_jax import errors
 from micar_jax.data.prepare import cleaning, common, split
 
 
 def load(raw_dir: str, bad: common.BadRows) -> dict[str, list[common.Example]]:
   """Reads, splits and checks PEIR Gross. Returns split -> examples in reference order."""
   path = os.path.join(raw_dir, "captions.json")
-  try:
-    with open(path, encoding="utf-8-sig") as f:
-      data = json.load(f)
-  except FileNotFoundError:
-    raise errors.UserError(f"{path} not found (PEIR Gross captions)") from None
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise errors.UserError(f"{path}: not valid JSON ({e})") from None
-  if not isinstance(data, dict):
-    raise errors.UserError(f"{path}: expected an object {{image: caption}}, got {type(data).__name__}")
+  data = common.read_json_object(path, "PEIR Gross captions", "an object {image: caption}")
   rows = []
   for key, caption in data.items():
     where = f"captions.json entry {key!r}"

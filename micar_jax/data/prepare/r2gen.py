@@ -5,7 +5,6 @@ have two views (`image_path[0]`, `image_path[1]`); MIMIC-CXR uses
 `image_path[0]`. Reports are cleaned with R2Gen's cleaner of each dataset.
 """
 
-import json
 import os
 
 from micar_jax import errors
@@ -34,15 +33,7 @@ def _split_lists(path: str, ann: dict) -> dict[str, list]:
 def load(raw_dir: str, bad: common.BadRows, dataset: str) -> dict[str, list[common.Example]]:
   """Reads `annotation.json` of "iu_xray" or "mimic_cxr". Returns split -> examples."""
   path = os.path.join(raw_dir, "annotation.json")
-  try:
-    with open(path, encoding="utf-8-sig") as f:
-      ann = json.load(f)
-  except FileNotFoundError:
-    raise errors.UserError(f"{path} not found (R2Gen annotation)") from None
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise errors.UserError(f"{path}: not valid JSON ({e})") from None
-  if not isinstance(ann, dict):
-    raise errors.UserError(f"{path}: expected an object with train/val/test lists")
+  ann = common.read_json_object(path, "R2Gen annotation", "an object with train/val/test lists")
   views = 2 if dataset == "iu_xray" else 1
   clean = cleaning.clean_iu_xray if dataset == "iu_xray" else cleaning.clean_mimic_cxr
   rows_by_split = {}
