@@ -10,7 +10,6 @@ cross-entropy weight.
 from typing import Any, Callable
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -117,7 +116,3 @@ def make_eval_step(mc: model_lib.ModelConfig, config: ml_collections.ConfigDict)
 
   return eval_step
 
-
-def unbox(tree: Any) -> Any:
-  """Strips logical-partitioning boxes."""
-  return nn.meta.unbox(tree)

@@ -23,11 +23,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from micar_jax import checkpointing, errors, evaluate, optim, sharding, steps
+from micar_jax import checkpointing, errors, evaluate, optim, run_logging, sharding, steps
+from micar_jax import decode as decode_lib
 from micar_jax.data import input_pipeline, sources
 from micar_jax.data import tokenizer as tokenizer_lib
-from micar_jax import decode as decode_lib
-from micar_jax import run_logging
 from micar_jax.models import model as model_lib
 
 
