@@ -41,13 +41,19 @@ def dummy_inputs(mc: model_lib.ModelConfig, image_size: int, batch: int = 1) -> 
   return jnp.zeros(shape, jnp.float32), jnp.zeros((batch, mc.max_len), jnp.int32)
 
 
+def make_variables_init_fn(mc: model_lib.ModelConfig, image_size: int) -> Callable[[Array], Any]:
+  """init(rng) -> {params, batch_stats} with logically-partitioned (boxed) leaves."""
+  model = model_lib.MicarVLMoE(mc)
+  return lambda rng: model.init(rng, *dummy_inputs(mc, image_size))
+
+
 def make_init_fn(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
                  image_size: int) -> Callable[[Array], TrainState]:
   """init(rng) -> TrainState with logically-partitioned (boxed) leaves."""
-  model = model_lib.MicarVLMoE(mc)
+  init_variables = make_variables_init_fn(mc, image_size)
 
   def init(rng: Array) -> TrainState:
-    variables = model.init(rng, *dummy_inputs(mc, image_size))
+    variables = init_variables(rng)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables["batch_stats"], opt_state=tx.init(params))

@@ -4,20 +4,16 @@ import collections
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from micar_jax import steps
 from micar_jax.models import model as model_lib
 
 
-def abstract_variables(mc: model_lib.ModelConfig, batch: int = 1) -> dict:
+def abstract_variables(mc: model_lib.ModelConfig, image_size: int = 224) -> dict:
   """Shapes and dtypes of the model's variables, without allocating them."""
-  size = 224
-  model = model_lib.MicarVLMoE(mc)
-  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-  ids = jax.ShapeDtypeStruct((batch, mc.max_len), jnp.int32)
-  init = lambda im, tok: model.init(jax.random.PRNGKey(0), im, tok)
-  return nn.meta.unbox(jax.eval_shape(init, images, ids))
+  init = steps.make_variables_init_fn(mc, image_size)
+  return nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
 
 
 def parameter_table(params: dict, depth: int = 2) -> list[tuple[str, int]]:

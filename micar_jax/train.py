@@ -73,10 +73,8 @@ class Run:
 
   def abstract_variables(self) -> dict[str, Any]:
     """Sharded ShapeDtypeStructs of {params, batch_stats} (a restore target)."""
-    init = steps.make_init_fn(self.model_config, optim.make_optimizer(self.config, 1),
-                              self.config.data.image_size)
-    state = sharding.abstract_sharded(init, self.mesh, self.rules, jax.random.PRNGKey(0))
-    return state.variables()
+    init = steps.make_variables_init_fn(self.model_config, self.config.data.image_size)
+    return sharding.abstract_sharded(init, self.mesh, self.rules, jax.random.PRNGKey(0))
 
   def generate_fn(self):
     fn = decode_lib.make_generate_fn(self.model_config, self.config.eval)
