@@ -1,8 +1,9 @@
 """Synthetic fundus-like dataset: the embedded default, trains on a CPU in minutes.
 
-The data is generated on first use (`micar_jax.data.synthetic`): each image's
-lesions fully determine its templated report, so only a model that looks at the
-image scores well.
+The data is generated on first use (`micar_jax.data.synthetic`) in
+<workdir>/data, whose absolute path the run prints: each image's lesions fully
+determine its templated report, so only a model that looks at the image scores
+well. `--config.data_dir=DIR` puts (or finds) it elsewhere.
 
   python -m micar_jax.main --config=configs/synthetic.py --workdir=runs/synthetic
 """
@@ -16,9 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """A small MMR-shaped model on the synthetic dataset."""
   c = defaults.base_config()
   c.dataset = "synthetic"
-  c.data_dir = "data/synthetic"
-  # Examples generated for train / val / test.
-  c.data.synthetic_sizes = (480, 64, 64)
+  c.data_dir = ""  # "": <workdir>/data (micar_jax.main sets it).
   c.data.image_size = 64
   c.data.resize_size = 64
   c.data.text_seq_len = 40

@@ -254,7 +254,7 @@ def run(config: ml_collections.ConfigDict, opts: Options) -> dict[str, Any]:
   mc = model_lib.ModelConfig.from_config(config, vocab)
   devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
   mesh = sharding.make_mesh(config, devices)
-  rules = sharding.logical_rules(config)
+  rules = sharding.logical_rules()
   device = mesh.devices.flat[0]
   peak = opts.peak_tflops or peak_tflops(device.device_kind)
   result = {

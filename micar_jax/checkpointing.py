@@ -114,8 +114,7 @@ def check_run_config(workdir: str, run_config: dict[str, Any]) -> None:
 
 def run_config_of(model_config: Any) -> dict[str, Any]:
   """The fields a checkpoint depends on: every model hyper-parameter that shapes weights."""
-  cfg = dataclasses.asdict(model_config)
-  # Compute-only switches may change between runs of the same checkpoint.
-  for key in ("dtype", "remat", "moe_impl", "capacity_factor", "attention_dropout", "dropout"):
-    cfg.pop(key, None)
+  # Fields marked compute-only may change between runs of the same checkpoint.
+  skip = model_config.compute_only_fields()
+  cfg = {k: v for k, v in dataclasses.asdict(model_config).items() if k not in skip}
   return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}

@@ -12,13 +12,13 @@ and the cross-attention keys/values are computed on the start step only.
 reference's way; for parity tests and benchmarks).
 
 config.eval.decode selects "greedy" (cached; what the reference's beam search
-computes, REFERENCE_MODEL.md §9), "greedy_uncached" or "beam" (true beam search).
+computes, docs/reference_model.md §9), "greedy_uncached" or "beam" (true beam search).
 
 Output layout (both searches): ids [batch, max_len + 1] int32, `<sos>` in
 column 0 and the token chosen at step t in column t + 1. This is the
 reference's `beam_search` result right-padded with `<pad>` to a fixed width:
 the reference runs up to max_len steps and returns max_len + 1 ids when it
-does not stop early, or pads to max_len when it does (REFERENCE_MODEL.md §9).
+does not stop early, or pads to max_len when it does (docs/reference_model.md §9).
 """
 
 import dataclasses
@@ -32,7 +32,6 @@ import ml_collections
 
 from micar_jax.data.tokenizer import EOS, PAD, SOS
 from micar_jax.models import model as model_lib
-from micar_jax.models import moe
 
 Array = jax.Array
 StartFn = Callable[[Array], tuple[Array, Any]]
@@ -178,19 +177,20 @@ def encode(mc: model_lib.ModelConfig, params: Any, batch_stats: Any, images: Arr
 
 
 def model_fns(mc: model_lib.ModelConfig, params: Any, memory: Array,
-              mutable: tuple[str, ...] = ("cache",), **apply_kwargs) -> tuple[StartFn, StepFn]:
+              mutable: tuple[str, ...] = ("cache",)) -> tuple[StartFn, StepFn]:
   """Cached start/step functions of the model for the search loops.
 
   The start step passes `memory`, so every layer caches its image keys/values
   and the fusion's global image vector; later steps read them from the cache.
-  The search's cache is the dict of `mutable` collections; steps read its "cache".
+  The search's cache is the dict of `mutable` collections (add "intermediates"
+  to receive what the layers sowed); steps read its "cache".
   """
   step_model = _decoder_model(mc)
 
   def call(tokens, memory, variables, t):
     (logits, _), out = step_model.apply(
         {"params": params, **variables}, tokens[:, None], memory, None, False, t,
-        method=step_model.decode_tokens, mutable=list(mutable), **apply_kwargs)
+        method=step_model.decode_tokens, mutable=list(mutable))
     return logits[:, 0], out
 
   start = lambda tokens: call(tokens, memory, {}, jnp.int32(0))
@@ -262,45 +262,3 @@ def generate(config: ml_collections.ConfigDict, params: Any, batch_stats: Any, i
   vocab = config.model.vocab_size or nn.meta.unbox(params)["gen_logits"]["kernel"].shape[-1]
   mc = model_lib.ModelConfig.from_config(config, vocab)
   return make_generate_fn(mc, config.eval)(params, batch_stats, images)
-
-
-def _is_moe_input(module: nn.Module, method_name: str) -> bool:
-  return module.name == "norm_moe" and method_name == "__call__"
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def greedy_with_attention(mc: model_lib.ModelConfig, params: Any, batch_stats: Any,
-                          images: Array) -> tuple[Array, Array, Array]:
-  """Greedy decoding that also records what each step looked at (explain mode).
-
-  Returns:
-    ids [b, T + 1] (as `greedy`), cross-attention probabilities
-    [b, T, L, H, n_img] of the query at position t, and the routed experts
-    [b, T, L, top_k] of that token; steps after an early stop are zeros.
-  """
-  memory = encode(mc, params, batch_stats, images)
-  b, n_img = memory.shape[:2]
-  start, step = model_fns(mc, params, memory, ("cache", "intermediates"),
-                          capture_intermediates=_is_moe_input)
-  records = {"cross": jnp.zeros((b, mc.max_len, mc.num_layers, mc.num_heads, n_img)),
-             "experts": jnp.zeros((b, mc.max_len, mc.num_layers, mc.top_k), jnp.int32)}
-
-  def record(out, records, t):
-    logits, variables = out
-    layers = [variables["intermediates"][f"decoder_{i}"] for i in range(mc.num_layers)]
-    cross = jnp.stack([layer["gated_fusion"]["cross_attention"]["attention_weights"][0][:, :, 0]
-                       for layer in layers], axis=1)
-    # The router sees the MoE input (the captured norm_moe output), exactly as moe.MoE does.
-    experts = jnp.stack([
-        moe.route(jnp.dot(layer["norm_moe"]["__call__"][0][:, 0].astype(jnp.float32),
-                          params[f"decoder_{i}"]["moe"]["router"]), mc.top_k)[2]
-        for i, layer in enumerate(layers)], axis=1)
-    records = {"cross": records["cross"].at[:, t].set(cross),
-               "experts": records["experts"].at[:, t].set(experts)}
-    return logits, {"cache": variables["cache"], "records": records}
-
-  ids, state = greedy_search(
-      lambda tokens: record(start(tokens), records, 0),
-      lambda tokens, state, t: record(step(tokens, state, t), state["records"], t),
-      b, mc.max_len)
-  return ids, state["records"]["cross"], state["records"]["experts"]

@@ -7,6 +7,8 @@ from the reference is a switch here, off by default.
 
 import ml_collections
 
+from micar_jax.data import registry
+
 # ResNet stage sizes by depth (bottleneck blocks, torchvision v1.5).
 RESNET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
@@ -38,8 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.sp_vocab_size = 4000
   # Optional token2id.json to load instead of building from the train split.
   c.data.vocab_path = ""
-  # Images per example: 1, or 2 for IU X-ray's frontal + lateral views.
-  c.data.num_views = 1
+  # Images per example, from the dataset's registry entry (IU X-ray: frontal + lateral).
+  c.data.num_views = registry.DATASETS[c.dataset].num_views
   # Train-time augmentation (random resized crop + flip); the reference has none.
   c.data.augment = False
   # grain worker processes for decoding (0 = in the main process).
@@ -51,8 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   # TFDS data_dir for source="tfds" ("" = ~/tensorflow_datasets).
   c.data.tfds_data_dir = ""
   # Synthetic dataset only: examples generated for (train, val, test).
-  c.data.synthetic_sizes = (480, 64, 64)
+  c.data.synthetic_sizes = registry.DATASETS["synthetic"].generated_sizes
 
+  # The one declaration of every model setting and its default; models.model_config.ModelConfig
+  # reads these by name (and marks the compute-only ones that a checkpoint does not depend on).
   c.model = ml_collections.ConfigDict()
   # Vocabulary size V; 0 means "take it from the tokenizer".
   c.model.vocab_size = 0
@@ -139,6 +143,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200
   # Keep the last partial training batch (reference) instead of dropping it.
   c.train.keep_last_partial_batch = False
+  # Metric suite that scores the validation set for checkpoint selection (metrics/scores.py).
+  c.train.select_suite = "reference"
+  # Key of select_suite that picks the best checkpoint (higher is better).
+  c.train.select_key = "ref/score"
 
   c.eval = ml_collections.ConfigDict()
   # Eval / decode batch size.
@@ -188,9 +196,10 @@ def base_config() -> ml_collections.ConfigDict:
 
 def reference_config(dataset: str, *, num_layers: int, act_fn: str, text_seq_len: int,
                      batch_size: int, epochs: int, max_patience: int) -> ml_collections.ConfigDict:
-  """The base config with a run script's per-dataset settings (REFERENCE_MODEL.md §6)."""
+  """The base config with a run script's per-dataset settings (docs/reference_model.md §6)."""
   c = base_config()
   c.dataset = dataset
+  c.data.num_views = registry.DATASETS[dataset].num_views
   c.data_dir = f"data/{dataset}"
   c.data.text_seq_len = text_seq_len
   c.model.num_layers = num_layers

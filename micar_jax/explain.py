@@ -6,18 +6,26 @@ overlaid on the centre crop the network saw, followed by the experts each MoE
 layer routed that word to. Panels stop at the first `<eos>`; words the
 reference would keep after it are only counted.
 
+`greedy_with_attention` is the instrumented decoding: the cached greedy search
+of `decode`, keeping what every step's layers sowed (the cross-attention
+probabilities and the MoE's chosen experts), so the figures show the routing
+the model actually used.
+
 Config (config.eval): explain_layers / explain_heads ("mean" or an index,
 negative counts from the end) pick or average decoder layers / heads;
 explain_max_words caps the attention panels.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import textwrap
 from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -27,6 +35,8 @@ from micar_jax import decode, errors, evaluate, sharding
 from micar_jax.data import images as images_lib
 from micar_jax.data import input_pipeline
 from micar_jax.data import tokenizer as tokenizer_lib
+from micar_jax.models import model as model_lib
+from micar_jax.models import routing
 
 # Figure layout in inches (fixed, so the PNG size follows from the content).
 DPI = 100
@@ -37,6 +47,10 @@ ROUTING_PER_EXPERT_IN = 0.18
 # Room for a routing plot's title and its rotated word labels.
 ROUTING_PAD_IN = 1.2
 REPORT_WRAP, REPORT_LINES = 120, 6
+# Where a decoder layer's sown values live: attention's in "intermediates", the
+# experts in routing.COLLECTION.
+CROSS_ATTENTION = ("gated_fusion", "cross_attention", "attention_weights")
+ROUTED_EXPERTS = ("moe", routing.EXPERTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +67,60 @@ class Explanation:
   attention: np.ndarray
   experts: np.ndarray
   after_eos: int
+
+
+def _sown(tree: dict[str, Any], path: tuple[str, ...]) -> jax.Array:
+  """The single value sown at `path` (flax keeps a module's sows in a tuple)."""
+  (value,) = functools.reduce(lambda node, key: node[key], path, tree)
+  return value
+
+
+def _step_records(sown: dict[str, Any], num_layers: int) -> dict[str, jax.Array]:
+  """One cached decode step's sows -> cross [b, L, H, n_img] and experts [b, L, top_k]."""
+  layers = [f"decoder_{i}" for i in range(num_layers)]
+  return {
+      # attention_weights: [b, H, 1 query, n_img]; experts: [b, 1 token, top_k].
+      "cross": jnp.stack([_sown(sown["intermediates"], (layer, *CROSS_ATTENTION))[:, :, 0]
+                          for layer in layers], axis=1),
+      "experts": jnp.stack([_sown(sown[routing.COLLECTION], (layer, *ROUTED_EXPERTS))[:, 0]
+                            for layer in layers], axis=1),
+  }
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def greedy_with_attention(mc: model_lib.ModelConfig, params: Any, batch_stats: Any,
+                          images: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Greedy decoding that also records what each step looked at.
+
+  Args:
+    mc: model configuration.
+    params, batch_stats: the model's variables.
+    images: [b, H, W, 3] or [b, V, H, W, 3].
+
+  Returns:
+    ids [b, T + 1] (as `decode.greedy_search`), cross-attention probabilities
+    [b, T, L, H, n_img] of the query at position t, and the experts [b, T, L, top_k]
+    each MoE layer routed that token to (as it sowed them, best first); steps after
+    an early stop are zeros.
+  """
+  memory = decode.encode(mc, params, batch_stats, images)
+  b, n_img = memory.shape[:2]
+  sown_collections = tuple(dict.fromkeys(("intermediates", routing.COLLECTION)))
+  start, step = decode.model_fns(mc, params, memory, ("cache", *sown_collections))
+  records = {"cross": jnp.zeros((b, mc.max_len, mc.num_layers, mc.num_heads, n_img)),
+             "experts": jnp.zeros((b, mc.max_len, mc.num_layers, mc.top_k), jnp.int32)}
+
+  def record(out, records, t):
+    logits, sown = out
+    step_records = _step_records(sown, mc.num_layers)
+    records = {key: records[key].at[:, t].set(value) for key, value in step_records.items()}
+    return logits, {"cache": sown["cache"], "records": records}
+
+  ids, state = decode.greedy_search(
+      lambda tokens: record(start(tokens), records, 0),
+      lambda tokens, state, t: record(step(tokens, state, t), state["records"], t),
+      b, mc.max_len)
+  return ids, state["records"]["cross"], state["records"]["experts"]
 
 
 def select(value: Any, size: int, what: str) -> int | None:
@@ -80,7 +148,7 @@ def _reduce(x: np.ndarray, axis: int, index: int | None) -> np.ndarray:
 def summarise(ids: np.ndarray, cross: np.ndarray, experts: np.ndarray,
               tokenizer: tokenizer_lib.Tokenizer, layer: int | None, head: int | None
               ) -> Explanation:
-  """One row of `decode.greedy_with_attention` as per-word attention grids.
+  """One row of `greedy_with_attention` as per-word attention grids.
 
   Args:
     ids: [T + 1] generated ids (`<sos>` first; step t chose ids[t + 1]).
@@ -238,8 +306,8 @@ def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   """
   if config.data.num_views != 1:
     raise errors.UserError("--mode=explain supports single-view configs (data.num_views=1) only")
-  from micar_jax import train  # pylint: disable=g-import-not-at-top
-  run = train.Run(config, workdir)
+  from micar_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  run = run_lib.Run(config, workdir)
   mc = run.model_config
   layer, head, max_words = _settings(config, mc.num_layers, mc.num_heads)
   header = (f"greedy decoding; attention: {_describe(layer, mc.num_layers, 'layer')}, "
@@ -251,8 +319,8 @@ def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   written, used = [], set()
   with sharding.use_mesh(run.mesh, run.rules):
     for batch in input_pipeline.predict_batches(config, paths):
-      outs = decode.greedy_with_attention(mc, variables["params"], variables["batch_stats"],
-                                          run.put({"images": batch["images"]})["images"])
+      outs = greedy_with_attention(mc, variables["params"], variables["batch_stats"],
+                                   run.put({"images": batch["images"]})["images"])
       ids, cross, experts = (evaluate.to_host(x) for x in outs)
       for row, path in enumerate(batch["paths"]):
         expl = summarise(ids[row], cross[row], experts[row], run.tokenizer, layer, head)

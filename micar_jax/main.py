@@ -1,4 +1,6 @@
-"""Command line: `python -m micar_jax.main --config=configs/<dataset>.py --workdir=DIR`.
+"""Command line: `python -m micar_jax.main --config=configs/<dataset>.py [--workdir=DIR]`.
+
+DIR defaults to runs/<config.dataset>; its absolute path is printed first.
 
 Modes:
   train    train with per-epoch validation and early stopping, then test the best
@@ -26,17 +28,17 @@ def define_flags() -> None:
   """Declared only when run as a program, so importing this module defines no flags."""
   config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).",
                                   lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run folder (checkpoints, metrics, reports).")
+  flags.DEFINE_string("workdir", None,
+                      "Run folder (checkpoints, metrics, reports); default runs/<config.dataset>.")
   flags.DEFINE_enum("mode", "train", ["train", "test", "predict", "explain", "summary"],
                     "What to do.")
   flags.DEFINE_list("images", None, "Image files or one directory (predict, explain).")
   flags.mark_flags_as_required(["config"])
 
 
-def _prepare_workdir(workdir: str | None) -> str:
+def _prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` if needed and checks that it is writable."""
   from micar_jax import errors  # pylint: disable=g-import-not-at-top
-  if not workdir:
-    raise errors.UserError("--workdir is required for this mode")
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, ".write_probe")
@@ -67,13 +69,18 @@ def run(config, workdir: str | None, mode: str, images: list[str] | None) -> Non
     mc = model_lib.ModelConfig.from_config(config)
     print(summary.format_summary(summary.abstract_variables(mc)["params"]))
     return
-  workdir = _prepare_workdir(workdir)
+  workdir = _prepare_workdir(workdir or os.path.join("runs", config.dataset))
+  print(f"run folder: {os.path.abspath(workdir)}", flush=True)
+  if config.dataset == "synthetic" and not config.data_dir:
+    from micar_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    config.data_dir = synthetic.data_dir_in(workdir)
+    print(f"synthetic data: {config.data_dir}", flush=True)
   maybe_initialize_distributed()
-  from micar_jax import predict, train  # pylint: disable=g-import-not-at-top
+  from micar_jax import predict, run as run_lib, train  # pylint: disable=g-import-not-at-top
   if mode == "train":
     train.train_and_evaluate(config, workdir)
   elif mode == "test":
-    train.test_best(train.Run(config, workdir))
+    run_lib.test_best(run_lib.Run(config, workdir))
   elif mode in ("predict", "explain"):
     if not images:
       raise errors.UserError(f"--mode={mode} needs --images=FILE[,FILE...] or a directory")

@@ -1,6 +1,6 @@
 """The reference's optimiser: AdamW(amsgrad=True), two learning rates, StepLR.
 
-REFERENCE_MODEL.md §5: `torch.optim.AdamW(amsgrad=True)` with betas
+docs/reference_model.md §5: `torch.optim.AdamW(amsgrad=True)` with betas
 (0.9, 0.999), eps 1e-8 and decoupled weight decay on every parameter; the
 vision encoder (top-level params key "vis_enc") uses `train.v_lr`, the rest
 `train.lr`; both decay by `train.gamma` every `train.lr_step_epochs` epochs

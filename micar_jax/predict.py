@@ -8,6 +8,7 @@ import ml_collections
 from absl import logging
 
 from micar_jax import errors, evaluate, sharding
+from micar_jax import run as run_lib
 from micar_jax.data import input_pipeline
 
 
@@ -17,16 +18,15 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   Returns:
     The path of predictions.jsonl ({"image": path, "report": text} per line).
   """
-  from micar_jax import train  # pylint: disable=g-import-not-at-top
-  run = train.Run(config, workdir)
+  run = run_lib.Run(config, workdir)
   paths = images[0] if len(images) == 1 else list(images)
   variables = run.best_variables()
   generate_fn = run.generate_fn()
-  decode = run.tokenizer.decode if config.eval.keep_after_eos else run.tokenizer.decode_clean
+  decode = run.tokenizer.decode if run.config.eval.keep_after_eos else run.tokenizer.decode_clean
   out_path = os.path.join(workdir, "predictions.jsonl")
   count = 0
   with open(out_path + ".tmp", "w", encoding="utf-8") as f, sharding.use_mesh(run.mesh, run.rules):
-    for batch in input_pipeline.predict_batches(config, paths):
+    for batch in input_pipeline.predict_batches(run.config, paths):
       ids = evaluate.to_host(generate_fn(variables, run.put({"images": batch["images"]})["images"]))
       for row, path in enumerate(batch["paths"]):
         f.write(json.dumps({"image": path, "report": decode(ids[row])}) + "\n")

@@ -79,25 +79,17 @@ def make_mesh(config: ml_collections.ConfigDict,
                        devices=devices)
 
 
-def logical_rules(config: ml_collections.ConfigDict) -> LogicalRules:
+def logical_rules() -> LogicalRules:
   """Logical-axis -> mesh-axis rules, in flax's priority order.
 
   Rules are tried in order and a mesh axis is used at most once per array, so
   the expert kernels [E, D, F] resolve to ("expert", "fsdp", "tensor") and the
-  fusion conv [3, 3, C_in, d_v] to (None, None, "fsdp", None).
-
-  Args:
-    config: the run config (the rules do not depend on it today; it is taken so
-      that a future config switch does not change the signature).
+  fusion conv [3, 3, C_in, d_v] to (None, None, "fsdp", None). "batch" is the
+  one activation name (`constrain`); every other name is a parameter axis.
   """
-  del config
   return (
       # Activations.
       ("batch", BATCH_AXES),
-      ("length", None),
-      ("act_mlp", TENSOR_AXIS),
-      ("act_heads", TENSOR_AXIS),
-      ("act_vocab", TENSOR_AXIS),
       # Parameters.
       ("expert", EXPERT_AXIS),
       ("vocab", TENSOR_AXIS),

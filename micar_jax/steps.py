@@ -1,6 +1,6 @@
 """The train state, the loss, and the compiled train and evaluation steps.
 
-Loss (REFERENCE_MODEL.md §5): token cross-entropy averaged over non-pad label
+Loss (docs/reference_model.md §5): token cross-entropy averaged over non-pad label
 positions of the (global) batch, plus aux_loss_weight × the MoE load-balancing
 loss (averaged over decoder layers) and router_z_loss_weight × the z-loss.
 Rows with valid=False (padding of a partial batch, unreadable images) carry no
@@ -42,9 +42,14 @@ def dummy_inputs(mc: model_lib.ModelConfig, image_size: int, batch: int = 1) -> 
 
 
 def make_variables_init_fn(mc: model_lib.ModelConfig, image_size: int) -> Callable[[Array], Any]:
-  """init(rng) -> {params, batch_stats} with logically-partitioned (boxed) leaves."""
+  """init(rng) -> {params, batch_stats} with logically-partitioned (boxed) leaves.
+
+  Only these two collections are kept: what layers sow for inspection (the
+  MoE's expert choices) is not model state.
+  """
   model = model_lib.MicarVLMoE(mc)
-  return lambda rng: model.init(rng, *dummy_inputs(mc, image_size))
+  return lambda rng: model.init(rng, *dummy_inputs(mc, image_size),
+                                mutable=["params", "batch_stats"])
 
 
 def make_init_fn(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
@@ -76,32 +81,66 @@ def token_weights(batch: dict[str, Array]) -> Array:
   return w
 
 
+def loss_terms(logits: Array, stats: dict[str, Array], batch: dict[str, Array], aux_w: float,
+               z_w: float) -> dict[str, Array]:
+  """The objective and its parts, all scalars: logits [b, T, V] f32, stats from the model.
+
+  Returns:
+    loss: ce + aux_w × MoE load-balancing loss + z_w × router z-loss;
+    ce: token-mean cross-entropy, ce_sum / max(tokens, 1) (ce_sum, tokens: its sums,
+      which validation averages over the whole split);
+    regularization: the two weighted MoE terms of `loss`.
+  """
+  ce_sum, tokens = cross_entropy(logits, batch["labels"], token_weights(batch))
+  ce = ce_sum / jnp.maximum(tokens, 1.0)
+  aux, z = aux_w * stats["aux"], z_w * stats["z"]
+  return {"loss": ce + aux + z, "ce": ce, "ce_sum": ce_sum, "tokens": tokens,
+          "regularization": aux + z}
+
+
+def make_loss_fn(mc: model_lib.ModelConfig, config: ml_collections.ConfigDict,
+                 train: bool) -> Callable:
+  """loss(params, batch_stats, batch, rngs) -> (loss, (terms, stats, batch_stats)).
+
+  `terms` is `loss_terms`, `stats` the model's MoE statistics. With `train`,
+  dropout is on (rngs needs "dropout") and BatchNorm normalises with and
+  updates batch statistics (the returned batch_stats); otherwise the given
+  batch_stats are used and returned unchanged.
+  """
+  model = model_lib.MicarVLMoE(mc)
+  aux_w, z_w = config.train.aux_loss_weight, config.model.router_z_loss_weight
+
+  def loss_fn(params: Any, batch_stats: Any, batch: dict[str, Array],
+              rngs: dict[str, Array] | None = None):
+    variables = {"params": params, "batch_stats": batch_stats}
+    inputs = (batch["images"], batch["input_ids"], batch["pad_mask"], train)
+    if train:
+      (logits, stats), updates = model.apply(variables, *inputs, rngs=rngs,
+                                             mutable=["batch_stats"])
+      batch_stats = updates["batch_stats"]
+    else:
+      logits, stats = model.apply(variables, *inputs, rngs=rngs)
+    terms = loss_terms(logits, stats, batch, aux_w, z_w)
+    return terms["loss"], (terms, stats, batch_stats)
+
+  return loss_fn
+
+
 def make_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict) -> Callable:
   """(state, batch) -> (state, metrics); dropout keys come from (seed, step)."""
-  model = model_lib.MicarVLMoE(mc)
-  aux_w, z_w = config.train.aux_loss_weight, config.model.router_z_loss_weight
+  loss_fn = make_loss_fn(mc, config, train=True)
   base_key = jax.random.PRNGKey(config.seed)
 
   def train_step(state: TrainState, batch: dict[str, Array]):
-    dropout_key = jax.random.fold_in(base_key, state.step)
-
-    def loss_fn(params):
-      (logits, stats), updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, batch["images"],
-          batch["input_ids"], batch["pad_mask"], True, rngs={"dropout": dropout_key},
-          mutable=["batch_stats"])
-      ce_sum, n = cross_entropy(logits, batch["labels"], token_weights(batch))
-      ce = ce_sum / jnp.maximum(n, 1.0)
-      loss = ce + aux_w * stats["aux"] + z_w * stats["z"]
-      return loss, (ce, stats, updates["batch_stats"])
-
-    grads, (ce, stats, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    rngs = {"dropout": jax.random.fold_in(base_key, state.step)}
+    (loss, (terms, stats, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch, rngs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                            opt_state=opt_state)
-    metrics = {"loss": ce + aux_w * stats["aux"] + z_w * stats["z"], "ce": ce,
+    metrics = {"loss": loss, "ce": terms["ce"],
                "aux_loss": stats["aux"], "z_loss": stats["z"], "expert_load": stats["load"],
                "dropped_fraction": stats["dropped"], "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
@@ -111,14 +150,11 @@ def make_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
 
 def make_eval_step(mc: model_lib.ModelConfig, config: ml_collections.ConfigDict) -> Callable:
   """(variables, batch) -> sums for the teacher-forced validation loss (BN in eval mode)."""
-  model = model_lib.MicarVLMoE(mc)
-  aux_w, z_w = config.train.aux_loss_weight, config.model.router_z_loss_weight
+  loss_fn = make_loss_fn(mc, config, train=False)
 
   def eval_step(variables: dict[str, Any], batch: dict[str, Array]) -> dict[str, Array]:
-    logits, stats = model.apply(variables, batch["images"], batch["input_ids"],
-                                batch["pad_mask"], False)
-    ce_sum, n = cross_entropy(logits, batch["labels"], token_weights(batch))
-    return {"ce_sum": ce_sum, "tokens": n, "aux": aux_w * stats["aux"] + z_w * stats["z"]}
+    _, (terms, _, _) = loss_fn(variables["params"], variables["batch_stats"], batch)
+    return {"ce_sum": terms["ce_sum"], "tokens": terms["tokens"],
+            "aux": terms["regularization"]}
 
   return eval_step
-

@@ -1,8 +1,9 @@
 """The training protocol of the reference, resumable: train → validate → early stop → test.
 
-Per epoch (REFERENCE_MODEL.md §5): train, then the teacher-forced validation
+Per epoch (docs/reference_model.md §5): train, then the teacher-forced validation
 loss and greedy-equivalent decoding of the whole validation set, scored with
-the selection score (B1+B2+B3+B4)/8 + METEOR/4 + ROUGE-L/4; a score >= the best
+config.train.select_key of config.train.select_suite (by default the selection
+score (B1+B2+B3+B4)/8 + METEOR/4 + ROUGE-L/4); a score >= the best
 (ties go to the later epoch) becomes the best checkpoint; training stops after
 max_patience epochs without one. The best checkpoint is then tested.
 
@@ -12,22 +13,18 @@ killed at any point and restarted ends with the same parameters (bitwise on CPU)
 """
 
 import dataclasses
-import json
-import os
 import signal
 import time
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from micar_jax import checkpointing, errors, evaluate, optim, run_logging, sharding, steps
-from micar_jax import decode as decode_lib
+from micar_jax import run as run_lib
 from micar_jax.data import input_pipeline, sources
-from micar_jax.data import tokenizer as tokenizer_lib
-from micar_jax.models import model as model_lib
+from micar_jax.metrics import scores as scores_lib
 
 
 @dataclasses.dataclass
@@ -39,64 +36,6 @@ class LoopState:
   best_epoch: int = -1
   bad_epochs: int = 0
   finished: bool = False
-
-
-class Run:
-  """Everything one workdir's training, evaluation and prediction share."""
-
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.config, self.workdir = config, workdir
-    converted_vocab = os.path.join(config.init_from, "token2id.json")
-    if config.init_from and not config.data.vocab_path and os.path.exists(converted_vocab):
-      # A converted model carries its vocabulary (micar_jax.convert official).
-      config = config.copy_and_resolve_references()
-      config.data.vocab_path = converted_vocab
-      self.config = config
-    self.tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
-    self.model_config = model_lib.ModelConfig.from_config(config, self.tokenizer.vocab_size)
-    checkpointing.check_run_config(workdir, checkpointing.run_config_of(self.model_config))
-    devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
-    self.mesh = sharding.make_mesh(config, devices)
-    self.rules = sharding.logical_rules(config)
-    self.batch_sharding = sharding.batch_sharding(self.mesh)
-    self.checkpoints = checkpointing.Checkpoints(workdir)
-
-  def put(self, batch: dict[str, np.ndarray], pad: bool = True) -> dict[str, jax.Array]:
-    """Host batch (this process's rows) -> global arrays sharded over the batch axes.
-
-    With `pad`, rows are appended (zeros, valid=False) up to a multiple of the
-    mesh's batch shards, so any eval.batch_size works on any mesh; the outputs
-    then have extra rows at the end.
-    """
-    arrays = {k: v for k, v in batch.items() if isinstance(v, np.ndarray)}
-    return sharding.global_batch(arrays, self.mesh, pad=pad)
-
-  def abstract_variables(self) -> dict[str, Any]:
-    """Sharded ShapeDtypeStructs of {params, batch_stats} (a restore target)."""
-    init = steps.make_variables_init_fn(self.model_config, self.config.data.image_size)
-    return sharding.abstract_sharded(init, self.mesh, self.rules, jax.random.PRNGKey(0))
-
-  def generate_fn(self):
-    fn = decode_lib.make_generate_fn(self.model_config, self.config.eval)
-    return lambda variables, images: fn(variables["params"], variables["batch_stats"], images)
-
-  def best_variables(self) -> dict[str, Any]:
-    restored = self.checkpoints.restore_best(self.abstract_variables())
-    if restored is None and self.config.init_from:
-      from micar_jax import convert  # pylint: disable=g-import-not-at-top
-      return convert.load_model_init(self.config.init_from, self.abstract_variables())
-    if restored is None:
-      raise errors.UserError(f"workdir {self.workdir} has no best checkpoint yet; run "
-                             "--mode=train first (or pass --config.init_from=DIR)")
-    return restored[0]
-
-  def evaluate_split(self, variables: dict[str, Any], split: str, generate_fn,
-                     suites) -> tuple[list[dict], Any]:
-    batches, rows = input_pipeline.make_eval_batches(self.config, self.tokenizer, split)
-    with sharding.use_mesh(self.mesh, self.rules):
-      examples = evaluate.generate_split(generate_fn, variables, batches, rows, self.tokenizer,
-                                         self.put, self.config.eval.keep_after_eos)
-    return examples, evaluate.score(examples, self.config, suites)
 
 
 def _install_sigterm() -> dict[str, bool]:
@@ -114,8 +53,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns:
     The test scores (also written to workdir/test/scores.json).
+
+  Raises:
+    ValueError: config.train.select_suite/select_key name no metric (one line).
   """
-  run = Run(config, workdir)
+  scores_lib.check_selection(config.train.select_suite, config.train.select_key)
+  run = run_lib.Run(config, workdir)
+  config = run.config
   shards = sharding.batch_shards(run.mesh)
   if config.train.batch_size % shards:
     raise errors.UserError(
@@ -168,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             _save_latest(run, state, data_iter, loop)
       progress.close()
       smoke_end = bool(max_steps) and step >= max_steps
-      _end_of_epoch(run, config, state, loop, eval_step, generate_fn, log, smoke_end)
+      _end_of_epoch(run, state, loop, eval_step, generate_fn, log, smoke_end)
       _save_latest(run, state, data_iter, loop)
   except KeyboardInterrupt as e:
     logging.warning("interrupted (%s) at step %d; the latest checkpoint is saved: rerun the "
@@ -178,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if hasattr(data_iter, "close"):
       data_iter.close()
     log.close()
-  return test_best(run, generate_fn)
+  return run_lib.test_best(run, generate_fn)
 
 
 def _maybe_load_init(config, state):
@@ -194,19 +138,20 @@ def _maybe_load_init(config, state):
   return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
-def _save_latest(run: Run, state, data_iter, loop: LoopState) -> None:
+def _save_latest(run: run_lib.Run, state, data_iter, loop: LoopState) -> None:
   run.checkpoints.save_latest(int(state.step), state, data_iter, dataclasses.asdict(loop))
 
 
-def _end_of_epoch(run, config, state, loop: LoopState, eval_step, generate_fn, log,
+def _end_of_epoch(run: run_lib.Run, state, loop: LoopState, eval_step, generate_fn, log,
                   smoke_end: bool) -> None:
   """Validation, selection, early stopping; updates `loop` in place."""
+  config = run.config
   variables = state.variables()
   batches, _ = input_pipeline.make_eval_batches(config, run.tokenizer, "val")
   with sharding.use_mesh(run.mesh, run.rules):
     val_loss = evaluate.validation_loss(eval_step, variables, batches, run.put)
-  _, scores = run.evaluate_split(variables, "val", generate_fn, ("reference",))
-  score = scores.values.get("ref/score", 0.0)
+  _, scores = run.evaluate_split(variables, "val", generate_fn, (config.train.select_suite,))
+  score = scores.values.get(config.train.select_key, 0.0)
   improved = score >= loop.best_score
   if improved:
     loop.best_score, loop.best_epoch, loop.bad_epochs = score, loop.epoch, 0
@@ -218,21 +163,3 @@ def _end_of_epoch(run, config, state, loop: LoopState, eval_step, generate_fn, l
   loop.epoch += 1
   loop.finished = (smoke_end or loop.epoch >= config.train.epochs
                    or loop.bad_epochs >= config.train.max_patience)
-
-
-def test_best(run: Run, generate_fn=None) -> dict[str, Any]:
-  """Tests the best checkpoint; writes test/generated_reports.csv and test/scores.json."""
-  generate_fn = generate_fn or run.generate_fn()
-  variables = run.best_variables()
-  examples, scores = run.evaluate_split(variables, "test", generate_fn, run.config.eval.suites)
-  raw = evaluate.score(examples, run.config, run.config.eval.suites, against="report")
-  out = {"label_references": scores.values, "raw_references": raw.values,
-         "skipped": scores.skipped, "partial": scores.partial, "num_examples": len(examples)}
-  test_dir = os.path.join(run.workdir, "test")
-  evaluate.write_reports_csv(os.path.join(test_dir, "generated_reports.csv"), examples)
-  evaluate.write_json(os.path.join(test_dir, "scores.json"), out)
-  logging.info("test: %s", scores.summary())
-  print(f"test scores: {json.dumps(scores.values)}")
-  print(f"reports: {os.path.join(test_dir, 'generated_reports.csv')}")
-  print(f"scores: {os.path.join(test_dir, 'scores.json')}")
-  return out

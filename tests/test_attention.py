@@ -1,11 +1,15 @@
 """Latent attention: RoPE formula, head layouts, masks, dropout, KV-cache decoding."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from micar_jax import defaults
 from micar_jax.models import attention
+from micar_jax.models import model as model_lib
 
 
 def numpy_rope(x, positions, rope_dim, theta=10000.0):
@@ -45,9 +49,16 @@ def test_split_is_head_minor_and_merge_is_head_major():
   np.testing.assert_array_equal(merged[0, 0], [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11])
 
 
-def _self_attention(**kw):
-  return attention.LatentSelfAttention(num_heads=2, d_latent=16, qk_nope_dim=4, qk_rope_dim=4,
-                                       d_model=8, **kw)
+def _cfg(**overrides):
+  """The tiny ModelConfig narrowed to 2 heads of 4 + 4 channels over width 8, no dropout."""
+  mc = model_lib.ModelConfig.from_config(defaults.tiny(defaults.base_config()), 11)
+  dims = dict(num_heads=2, d_latent=16, qk_nope_dim=4, qk_rope_dim=4, d_model=8,
+              attention_dropout=0.0)
+  return dataclasses.replace(mc, **{**dims, **overrides})
+
+
+def _self_attention(decode=False, **overrides):
+  return attention.LatentSelfAttention(_cfg(**overrides), decode)
 
 
 def test_self_attention_shapes_and_mask_semantics():
@@ -72,8 +83,7 @@ def test_self_attention_shapes_and_mask_semantics():
 
 
 def test_bad_head_dims_are_a_clear_error():
-  sa = attention.LatentSelfAttention(num_heads=2, d_latent=18, qk_nope_dim=4, qk_rope_dim=4,
-                                     d_model=8)
+  sa = _self_attention(d_latent=18)
   try:
     sa.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 8)), None, False)
   except ValueError as e:
@@ -109,8 +119,7 @@ def test_cached_self_attention_equals_causal_full_pass():
 
 
 def test_cross_attention_has_no_mask_and_uses_text_positions():
-  ca = attention.LatentCrossAttention(num_heads=2, d_latent=16, qk_nope_dim=4, qk_rope_dim=4,
-                                      d_model=8)
+  ca = attention.LatentCrossAttention(_cfg())
   x = np.random.RandomState(4).randn(2, 3, 8).astype(np.float32)
   mem = np.random.RandomState(5).randn(2, 5, 8).astype(np.float32)
   v = nn.meta.unbox(ca.init(jax.random.PRNGKey(0), x, mem, False))

@@ -39,7 +39,7 @@ def test_matches_reference_output(fn, raw, expected):
 
 
 def test_sentence_class_is_a_range_that_keeps_hyphens():
-  # ":-[" is a range: ; < = > ? @ go, "-" stays (REFERENCE_MODEL.md §10.2).
+  # ":-[" is a range: ; < = > ? @ go, "-" stays (docs/reference_model.md §10.2).
   assert cleaning.clean_r2gen_variant("a;b<c=d>e?f@g-h") == "abcdefg-h ."
 
 

@@ -178,11 +178,6 @@ def np_cmhla(sd, prefix, mc, x, img):
   return np_attend(mc, down_norm_up(x, "q_down_norm_up"), k, v, g("wo.weight"))
 
 
-def _attention_kwargs(mc):
-  return dict(num_heads=mc.num_heads, d_latent=mc.d_latent, qk_nope_dim=mc.qk_nope_dim,
-              qk_rope_dim=mc.qk_rope_dim, rope_theta=mc.rope_theta, d_model=mc.d_model)
-
-
 def test_self_attention_head_layout_matches_reference(setup):
   config, mc, sd = setup
   params = official.official_state_dict_to_variables(sd, config)["params"]
@@ -191,7 +186,7 @@ def test_self_attention_head_layout_matches_reference(setup):
   mask = np.tril(np.ones((5, 5), np.int32))[None].repeat(2, 0)
   mask[1, :, 3:] = 0  # key padding on the second row
   ref = np_mhla(sd, "decoder.layers.0.self_attention", mc, x.astype(np.float64), mask)
-  ours = attention.LatentSelfAttention(**_attention_kwargs(mc)).apply(
+  ours = attention.LatentSelfAttention(mc).apply(
       {"params": params["decoder_0"]["self_attention"]}, x, mask[:, None].astype(bool), False)
   np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-4, atol=1e-4)
 
@@ -204,7 +199,7 @@ def test_cross_attention_head_layout_matches_reference(setup):
   img = rng.standard_normal((2, 9, mc.d_model)).astype(np.float32)
   prefix = "decoder.layers.0.gated_fusion.cross_attention"
   ref = np_cmhla(sd, prefix, mc, x.astype(np.float64), img.astype(np.float64))
-  ours = attention.LatentCrossAttention(**_attention_kwargs(mc)).apply(
+  ours = attention.LatentCrossAttention(mc).apply(
       {"params": params["decoder_0"]["gated_fusion"]["cross_attention"]}, x, img, False)
   np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-4, atol=1e-4)
 

@@ -1,4 +1,4 @@
-"""Decoding: greedy stopping rule, cached = uncached, beam search, explain records."""
+"""Decoding: greedy stopping rule, cached = uncached, beam search."""
 
 import dataclasses
 import itertools
@@ -153,24 +153,6 @@ def test_exhaustive_beam_search_equals_brute_force(tiny):
     total = l0[:, None, None] + np.where(
         ends[:, None, None], 0.0, l1[:, :, None] + np.where(ends[None, :, None], 0.0, l2))
     np.testing.assert_allclose(beam_scores[row], total.max(), atol=1e-4)
-
-
-def test_greedy_with_attention_records_each_step(tiny):
-  _, mc, params, batch_stats, images = tiny
-  views = jnp.stack([images[:3], images[3:]], axis=1)  # [b, 2 views, H, W, 3]
-  ids, cross, experts = decode.greedy_with_attention(mc, params, batch_stats, views)
-  n_img = 2 * mc.pool_size ** 2
-  assert ids.shape == (3, T + 1)
-  assert cross.shape == (3, T, mc.num_layers, mc.num_heads, n_img)
-  assert experts.shape == (3, T, mc.num_layers, mc.top_k)
-  together = np.all(np.asarray(ids[:, 1:]) == EOS, axis=0)  # all rows stop at such a step
-  steps = int(np.argmax(together)) + 1 if together.any() else T
-  ran = np.arange(T) < steps  # steps after the stop record nothing
-  np.testing.assert_allclose(np.asarray(cross).sum(-1)[:, ran], 1.0, atol=1e-5)
-  assert np.all(np.asarray(cross)[:, ~ran] == 0)
-  chosen = np.asarray(experts)[:, ran]
-  assert np.all((chosen >= 0) & (chosen < mc.num_experts))
-  assert np.all(chosen[..., 0] != chosen[..., 1])
 
 
 def test_unknown_method_is_a_clear_error(tiny):

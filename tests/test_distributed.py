@@ -50,7 +50,7 @@ def one_train_step(impl, devices=None, **sizes):
   tx = optim.make_optimizer(config, 10)
   init = steps.make_init_fn(mc, tx, config.data.image_size)
   mesh = sharding.make_mesh(config, devices)
-  rules = sharding.logical_rules(config)
+  rules = sharding.logical_rules()
   state, shardings = sharding.init_sharded(init, mesh, rules, jax.random.PRNGKey(0))
   with sharding.use_mesh(mesh, rules):
     step = jax.jit(steps.make_train_step(mc, tx, config),

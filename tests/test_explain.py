@@ -6,15 +6,18 @@ import shutil
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from micar_jax import errors, explain, main, steps, train
+from micar_jax import errors, explain, main, run as run_lib, steps
 from micar_jax.data import images as images_lib
 from micar_jax.data.tokenizer import EOS, PAD, SOS, WordTokenizer
 from micar_jax.models import model as model_lib
+from micar_jax.models import routing
 from tests import test_train
+from tests.test_decode import T, tiny  # noqa: F401 (a fixture: the sharp tiny decoding model)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def run_dir(tmp_path_factory):
   config = test_train.tiny_config(tmp)
   config.eval.explain_max_words = 5
   workdir = str(tmp / "run")
-  run = train.Run(config, workdir)  # builds the synthetic data and the tokenizer
+  run = run_lib.Run(config, workdir)  # builds the synthetic data and the tokenizer
   mc = run.model_config
   model = model_lib.MicarVLMoE(mc)
   variables = nn.meta.unbox(jax.jit(model.init)(
@@ -117,3 +120,42 @@ def test_unnormalise_inverts_preprocessing():
   rgb = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
   np.testing.assert_array_equal(explain.unnormalise(images_lib.normalize(Image.fromarray(rgb))),
                                 rgb)
+
+
+def two_view_greedy(tiny):
+  """Greedy decoding of 3 two-view examples -> (views, ids, cross, experts, steps that ran)."""
+  _, mc, params, batch_stats, images = tiny
+  views = jnp.stack([images[:3], images[3:]], axis=1)  # [b, 2 views, H, W, 3]
+  ids, cross, experts = explain.greedy_with_attention(mc, params, batch_stats, views)
+  together = np.all(np.asarray(ids[:, 1:]) == EOS, axis=0)  # all rows stop at such a step
+  steps = int(np.argmax(together)) + 1 if together.any() else T
+  return views, ids, cross, experts, np.arange(T) < steps
+
+
+def test_greedy_with_attention_records_each_step(tiny):
+  _, mc, *_ = tiny
+  _, ids, cross, experts, ran = two_view_greedy(tiny)
+  n_img = 2 * mc.pool_size ** 2
+  assert ids.shape == (3, T + 1)
+  assert cross.shape == (3, T, mc.num_layers, mc.num_heads, n_img)
+  assert experts.shape == (3, T, mc.num_layers, mc.top_k)
+  # Steps after the stop record nothing.
+  np.testing.assert_allclose(np.asarray(cross).sum(-1)[:, ran], 1.0, atol=1e-5)
+  assert np.all(np.asarray(cross)[:, ~ran] == 0)
+  chosen = np.asarray(experts)[:, ran]
+  assert np.all((chosen >= 0) & (chosen < mc.num_experts))
+  assert np.all(chosen[..., 0] != chosen[..., 1])
+
+
+def test_reported_experts_are_the_ones_each_moe_layer_sowed(tiny):
+  # Re-reading the generated report teacher-forced, every decoder layer's MoE must sow,
+  # for the token at position t, the experts explain reports for step t.
+  _, mc, params, batch_stats, _ = tiny
+  views, ids, _, experts, ran = two_view_greedy(tiny)
+  model = model_lib.MicarVLMoE(mc)
+  _, sown = model.apply({"params": params, "batch_stats": batch_stats}, views, ids[:, :-1],
+                        None, False, mutable=[routing.COLLECTION])
+  routed = np.stack([sown[routing.COLLECTION][f"decoder_{i}"]["moe"][routing.EXPERTS][0]
+                     for i in range(mc.num_layers)], axis=2)  # [b, T, L, top_k]
+  assert len(np.unique(routed[:, ran])) > 1
+  np.testing.assert_array_equal(np.asarray(experts)[:, ran], routed[:, ran])

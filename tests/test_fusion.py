@@ -1,11 +1,15 @@
 """GatedFusion against a numpy statement of the reference's forward pass."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from micar_jax import defaults
 from micar_jax.models import attention, fusion
+from micar_jax.models import model as model_lib
 
 
 def rms(x, w):
@@ -17,8 +21,11 @@ def silu(x):
 
 
 def test_gated_fusion_matches_reference_math_with_inner_residual():
-  gf = fusion.GatedFusion(d_model=8, d_latent=16, num_heads=2, qk_nope_dim=4, qk_rope_dim=4,
-                          act_fn="silu", attention_dropout=0.0, dropout=0.0)
+  mc = dataclasses.replace(
+      model_lib.ModelConfig.from_config(defaults.tiny(defaults.base_config()), 11),
+      d_model=8, d_latent=16, num_heads=2, qk_nope_dim=4, qk_rope_dim=4, act_fn="silu",
+      attention_dropout=0.0, dropout=0.0)
+  gf = fusion.GatedFusion(mc)
   rng = np.random.RandomState(0)
   x = rng.randn(2, 3, 8).astype(np.float32)
   img = rng.randn(2, 5, 8).astype(np.float32)
@@ -30,8 +37,7 @@ def test_gated_fusion_matches_reference_math_with_inner_residual():
   y = np.asarray(gf.apply({"params": p}, x, img, False))
 
   # The cross-attention itself is tested in test_attention.py.
-  cross = attention.LatentCrossAttention(num_heads=2, d_latent=16, qk_nope_dim=4, qk_rope_dim=4,
-                                         d_model=8)
+  cross = attention.LatentCrossAttention(mc)
   nx, ni = rms(x, p["norm1"]["scale"]), rms(img, p["norm2"]["scale"])
   attended = np.asarray(cross.apply({"params": p["cross_attention"]}, jnp.asarray(nx),
                                     jnp.asarray(ni), False)) + x

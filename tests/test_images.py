@@ -80,3 +80,82 @@ def _png(img):
   buf = io.BytesIO()
   img.save(buf, format="PNG")
   return buf.getvalue()
+
+
+def _encoded(img, fmt):
+  buf = io.BytesIO()
+  img.save(buf, format=fmt)
+  return buf.getvalue()
+
+
+def test_bad_files_name_their_problem(tmp_path):
+  (tmp_path / "empty.png").write_bytes(b"")
+  (tmp_path / "notes.png").write_text("findings: none")
+  rng = np.random.default_rng(0)
+  jpeg = _encoded(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)), "JPEG")
+  (tmp_path / "trunc.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+  with Image.open(tmp_path / "trunc.jpg") as img:
+    img.verify()  # what prepare used to check: passes on a truncated file
+  cases = {"empty.png": "empty image file", "notes.png": "corrupt image",
+           "trunc.jpg": "corrupt image", "gone.png": "missing image"}
+  for name, kind in cases.items():
+    with pytest.raises(images.ImageError, match=f"^{kind} {tmp_path / name}"):
+      images.decode(tmp_path / name)
+
+
+def test_16_bit_grayscale_is_windowed_by_its_range_not_clipped():
+  # A CT-like 16-bit ramp 1000..13285: convert("RGB") makes every pixel 255.
+  ramp = (np.arange(64 * 64).reshape(64, 64) * 3 + 1000).astype(np.uint16)
+  for img in (Image.fromarray(ramp),  # I;16
+              Image.frombytes("I;16B", (64, 64), ramp.astype(">u2").tobytes()),
+              Image.fromarray(ramp.astype(np.int32))):  # I
+    decoded = np.asarray(images.decode(_encoded(img, "PNG") if img.mode == "I;16" else
+                                       _encoded(img, "TIFF")))
+    assert decoded.dtype == np.uint8 and decoded.shape == (64, 64, 3)
+    expected = np.rint((ramp - 1000.0) * 255 / (ramp.max() - 1000.0)).astype(np.uint8)
+    np.testing.assert_array_equal(decoded[..., 1], expected)
+  assert (np.asarray(Image.fromarray(ramp).convert("RGB")) == 255).all()
+
+
+def test_float_image_window_ignores_non_finite_and_constant_is_black():
+  x = np.array([[-1.0, 0.0, 1.0, np.nan]], np.float32)
+  decoded = np.asarray(images.to_rgb(Image.fromarray(x)))[0, :, 0]
+  np.testing.assert_array_equal(decoded, [0, 128, 255, 0])
+  flat = Image.fromarray(np.full((3, 3), 4000, np.uint16))
+  assert not np.asarray(images.to_rgb(flat)).any()
+
+
+def test_alpha_is_composited_over_black():
+  rgba = np.zeros((1, 4, 4), np.uint8)
+  rgba[..., :3] = 200
+  rgba[..., 3] = [0, 128, 255, 64]
+  want = [0, 100, 200, 50]  # round(200 * alpha / 255)
+  decoded = np.asarray(images.decode(_encoded(Image.fromarray(rgba, "RGBA"), "PNG")))
+  np.testing.assert_array_equal(decoded[0, :, 0], want)
+  la = Image.fromarray(rgba[..., [0, 3]], "LA")
+  np.testing.assert_array_equal(np.asarray(images.decode(_encoded(la, "PNG")))[0, :, 2], want)
+  palette = Image.new("P", (2, 1))
+  palette.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+  palette.putpixel((1, 0), 1)
+  palette.info["transparency"] = 0  # index 0 (red) is transparent
+  np.testing.assert_array_equal(np.asarray(images.decode(_encoded(palette, "PNG")))[0],
+                                [[0, 0, 0], [0, 255, 0]])
+
+
+def test_cmyk_jpeg_decodes_to_rgb():
+  img = images.decode(_encoded(Image.new("CMYK", (8, 8), (0, 255, 0, 0)), "JPEG"))
+  assert img.mode == "RGB" and img.size == (8, 8)
+
+
+def test_6000_square_image_works_and_over_the_limit_is_refused(tmp_path, monkeypatch):
+  path = tmp_path / "big.png"
+  Image.new("L", (6000, 6000), 9).save(path)
+  assert images.load(path, 36, 32).shape == (32, 32, 3)
+  monkeypatch.setattr(images, "MAX_PIXELS", 6000 * 6000 - 1)
+  with pytest.raises(images.ImageError, match=r"^image too large .*big.png \(6000 x 6000 pixels; "
+                     r"the limit is 35,999,999"):
+    images.decode(path)
+  # Past PIL's own decompression-bomb limit the error is the same kind, with no PIL warning.
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+  with pytest.raises(images.ImageError, match=r"^image too large "):
+    images.decode(path)

@@ -11,7 +11,7 @@ import pytest
 
 from micar_jax import defaults
 from micar_jax.data import input_pipeline as ip
-from micar_jax.data import sources, synthetic
+from micar_jax.data import jsonl, sources, synthetic
 from micar_jax.data import tokenizer as tl
 
 
@@ -50,7 +50,7 @@ def test_train_batch_shapes_dtypes_and_epochs(data_dir):
       "images": ((4, 16, 16, 3), np.float32), "input_ids": ((4, 12), np.int32),
       "pad_mask": ((4, 12), np.int32), "labels": ((4, 12), np.int32),
       "valid": ((4,), np.bool_), "index": ((4,), np.int32)}
-  rows = sources.read_split(data_dir, "train")
+  rows = jsonl.read_split(data_dir, "train")
   np.testing.assert_array_equal(b["input_ids"][0], tok.encode(rows[b["index"][0]]["report"])[0])
   orders = [np.concatenate([x["index"] for x in e]) for e in epochs]
   for order in orders:
@@ -125,7 +125,7 @@ def test_eval_batches_score_each_example_once_in_order(data_dir):
 
 
 def test_bad_rows_are_skipped_or_invalid(tmp_path, data_dir):
-  good = sources.read_split(data_dir, "train")
+  good = jsonl.read_split(data_dir, "train")
   (tmp_path / "corrupt.png").write_bytes(b"garbage")
   lines = [{"image": good[0]["image"], "report": "a ."},
            {"image": str(tmp_path / "missing.png"), "report": "b ."},
@@ -133,7 +133,7 @@ def test_bad_rows_are_skipped_or_invalid(tmp_path, data_dir):
            {"image": good[1]["image"], "report": "d ."}]
   with open(tmp_path / "val.jsonl", "w") as f:
     f.write("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
-  rows = sources.read_split(tmp_path, "val")
+  rows = jsonl.read_split(tmp_path, "val")
   assert [r["report"] for r in rows] == ["a .", "c .", "d ."]
   c = _config(str(tmp_path))
   c.dataset = "covctr"
@@ -150,7 +150,7 @@ def test_missing_data_names_prepare_command(tmp_path):
 
 
 def test_two_views_stack(tmp_path, data_dir):
-  good = sources.read_split(data_dir, "train")
+  good = jsonl.read_split(data_dir, "train")
   with open(tmp_path / "test.jsonl", "w") as f:
     for i in range(3):
       f.write(json.dumps({"image": [good[i]["image"], good[i + 1]["image"]],
@@ -163,7 +163,7 @@ def test_two_views_stack(tmp_path, data_dir):
 
 
 def test_predict_batches_from_directory(tmp_path, data_dir):
-  for r in sources.read_split(data_dir, "val")[:3]:
+  for r in jsonl.read_split(data_dir, "val")[:3]:
     os.symlink(r["image"], tmp_path / os.path.basename(r["image"]))
   (tmp_path / "broken.png").write_bytes(b"x")
   (tmp_path / "notes.txt").write_text("ignored")

@@ -57,6 +57,21 @@ def test_unwritable_workdir_is_one_line(tmp_path):
   _one_line_error(out, "not writable")
 
 
+def test_without_workdir_the_run_folder_is_runs_dataset_and_printed_first(tmp_path):
+  out = subprocess.run(CLI + [f"--config={os.path.abspath('configs/covctr.py')}",
+                              f"--config.data_dir={tmp_path / 'absent'}"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  _one_line_error(out, "python -m micar_jax.data.prepare")
+  assert out.stdout.splitlines()[0] == f"run folder: {tmp_path / 'runs' / 'covctr'}"
+  assert (tmp_path / "runs" / "covctr").is_dir()
+
+
+def test_a_selection_key_its_suite_lacks_is_one_line(tmp_path):
+  out = run_cli("--config=configs/synthetic.py", f"--workdir={tmp_path / 'w'}",
+                "--config.train.select_key=coco/cider")
+  _one_line_error(out, "train.select_key='coco/cider' is not reported by suite 'reference'")
+
+
 def _tiny_args(tmp_path, workdir, *extra):
   return ["--config=configs/synthetic.py:tiny", f"--workdir={workdir}",
           f"--config.data_dir={tmp_path / 'data'}", "--config.data.synthetic_sizes=(16,4,4)",

@@ -3,6 +3,7 @@
 import math
 import shutil
 import sys
+import time
 
 import pytest
 
@@ -19,7 +20,7 @@ def no_java(monkeypatch, tmp_path):
 def test_bleu_epsilons_differ_from_nmt_only_at_zero_precision(no_java):
   # "no pneumothorax" vs "there is no pneumothorax": BP = exp(1 - 4/2);
   # p3, p4 have no n-grams, so pycocoevalcap's tiny/small = 1e-15/1e-9 = 1e-6
-  # stands in for them where nmt gives exactly 0 (METRICS.md §3.2).
+  # stands in for them where nmt gives exactly 0 (docs/metrics.md §3.2).
   values, _ = coco.coco_scores(["no pneumothorax"], ["there is no pneumothorax"])
   bp = math.exp(-1)
   expected = [bp, bp, bp * (1e-6) ** (1 / 3), bp * (1e-12) ** (1 / 4)]
@@ -87,3 +88,39 @@ def test_java_meteor_bounds_and_newlines():
   unrelated, _ = coco.coco_scores(["pleural effusion"], ["cardiomegaly"])
   assert same["meteor"] > 0.9
   assert unrelated["meteor"] == 0.0
+
+
+def _fake_java(tmp_path, body):
+  java = tmp_path / "java"
+  java.write_text("#!/bin/sh\n" + body + "\n")
+  java.chmod(0o755)
+
+
+@pytest.mark.parametrize("body,reason", [
+    ("exit 3", "the JVM exited (code 3)"),
+    ("exec /bin/sleep 30", "no progress for 1 s while waiting for a reply"),
+    # Answers the first SCORE line, then dies mid-scoring.
+    ("read line; echo '1 2 3'; read line; exit 1", "the JVM exited (code 1)"),
+    # Answers every SCORE line, then garbage for EVAL.
+    ("while read line; do echo 'not a number'; done", "unexpected reply 'not a number'"),
+])
+def test_dying_or_stalled_meteor_is_killed_and_skipped_in_time(no_java, tmp_path, caplog, body,
+                                                               reason):
+  _fake_java(tmp_path, body)
+  start = time.monotonic()
+  values, skipped = coco.coco_scores(["a b", "c"], ["a b", "d"], meteor_timeout_s=1.0)
+  assert time.monotonic() - start < 10
+  assert "meteor" not in values and values["bleu1"] > 0
+  assert skipped["meteor"] == f"METEOR 1.5 failed and was skipped (MeteorError: {reason})"
+  assert "coco/meteor skipped: METEOR 1.5 failed" in caplog.text
+  assert coco._METEOR is None  # pylint: disable=protected-access
+
+
+@needs_java
+def test_real_meteor_runs_again_after_a_failure(tmp_path, monkeypatch):
+  _fake_java(tmp_path, "exit 1")
+  monkeypatch.setenv("PATH", str(tmp_path))
+  assert "meteor" in coco.coco_scores(["a b"], ["a b"])[1]
+  monkeypatch.undo()
+  values, skipped = coco.coco_scores(["the heart is normal ."], ["the heart is normal ."])
+  assert not skipped and values["meteor"] > 0.9

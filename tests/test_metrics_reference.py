@@ -46,7 +46,7 @@ def test_bleu_clips_counts_and_pools_the_corpus():
 
 
 def test_bleu_short_hypothesis_without_trigrams_is_zero():
-  # METRICS.md §3.2: nmt gives e^-1 for B1/B2 and exactly 0 for B3/B4.
+  # docs/metrics.md §3.2: nmt gives e^-1 for B1/B2 and exactly 0 for B3/B4.
   bleu = reference.corpus_bleu([["no", "pneumothorax"]], [["there", "is", "no", "pneumothorax"]])
   assert bleu == pytest.approx([math.exp(-1), math.exp(-1), 0.0, 0.0], abs=1e-15)
 

@@ -1,6 +1,6 @@
-"""Tests for micar_jax.metrics.scores, with METRICS.md §9 regression values.
+"""Tests for micar_jax.metrics.scores, with docs/metrics.md §9 regression values.
 
-The 20 (prediction, reference) pairs are METRICS.md Appendix B (synthetic
+The 20 (prediction, reference) pairs are docs/metrics.md Appendix B (synthetic
 sentences written for these tests); the expected numbers are §9's, measured
 with jury 2.3.1 and pycocoevalcap 1.2 independently of this code.
 """
@@ -139,3 +139,18 @@ def test_summary_line():
 def test_bad_arguments_raise(kwargs, match):
   with pytest.raises(ValueError, match=match):
     scores.compute_scores(**kwargs)
+
+
+def test_suites_report_exactly_the_keys_they_declare():
+  for suite in ("reference", "ratescore"):
+    got = scores.compute_scores(HYPS, REFS, suites=(suite,))
+    assert set(got.values) | set(got.skipped) == set(scores.SUITES[suite].keys), suite
+
+
+def test_selection_must_name_a_suite_and_a_key_it_reports():
+  scores.check_selection("reference", "ref/score")
+  scores.check_selection("coco", "coco/cider")
+  with pytest.raises(ValueError, match="train.select_suite='bleu' is not a metric suite"):
+    scores.check_selection("bleu", "ref/score")
+  with pytest.raises(ValueError, match="train.select_key='coco/cider' is not reported by suite"):
+    scores.check_selection("reference", "coco/cider")

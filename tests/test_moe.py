@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from micar_jax.models import layers, moe
+from micar_jax.models import layers, moe, routing
 
 E, K, D, F = 4, 2, 8, 16
 
@@ -15,7 +15,7 @@ def dense_loop(params, x, combine, act="silu"):
   """The reference's computation: every expert on every token, masked inputs."""
   tokens = x.reshape(-1, D)
   logits = tokens @ params["router"]
-  probs, gates, ids = moe.route(logits, K)
+  probs, gates, ids = routing.route(logits, K)
   act_fn = layers.activation(act)
   out = jnp.zeros_like(tokens)
   for e in range(E):
@@ -64,24 +64,15 @@ def test_sum_combine_gives_router_no_gradient_from_the_output():
   assert float(jnp.abs(g["router"]).max()) > 0.0
 
 
-def test_capacity_positions_are_k_major():
-  ids = jnp.asarray([[0, 1], [0, 2], [1, 0]])
-  # First choices fill the buffers first: expert 0 gets t0 (slot 0), t1 (1), then t2's
-  # second choice (2); expert 1 gets t2's first choice (0) before t0's second (1).
-  np.testing.assert_array_equal(moe.capacity_positions(ids, 3), [[0, 1], [1, 0], [0, 2]])
-  assert moe.expert_capacity(10, 2, 4, 1.0) == 5
-  assert moe.expert_capacity(10, 2, 4, -1.0) == 10
-
-
 @pytest.mark.parametrize("impl", ["sort", "einsum"])
 def test_capacity_drops_exactly_the_overflow(impl):
   layer, params, x = make("sum", impl, capacity_factor=0.5)
   n = x.shape[0] * x.shape[1]
-  capacity = moe.expert_capacity(n, K, E, 0.5)
+  capacity = routing.expert_capacity(n, K, E, 0.5)
   y, stats = layer.apply({"params": params}, x, False)
   tokens = x.reshape(-1, D)
-  _, _, ids = moe.route(tokens @ params["router"], K)
-  keep = np.asarray(moe.capacity_positions(ids, E) < capacity)
+  _, _, ids = routing.route(tokens @ params["router"], K)
+  keep = np.asarray(routing.capacity_positions(ids, E) < capacity)
   assert np.isclose(float(stats["dropped"]), 1 - keep.mean())
   assert float(stats["dropped"]) > 0
   # Expected: dense loop where dropped (token, expert) pairs contribute nothing.
@@ -96,33 +87,25 @@ def test_capacity_drops_exactly_the_overflow(impl):
   np.testing.assert_allclose(y.reshape(-1, D), want, rtol=1e-5, atol=1e-5)
 
 
-def test_entropy_aux_loss_on_known_router_outputs():
-  logits = jnp.log(jnp.asarray([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]]))
-  probs, _, ids = moe.route(logits, K)
-  out = moe.aux_losses(logits, probs, ids, "entropy")
-  p_mean = np.array([0.4, 0.1, 0.1, 0.4])
-  np.testing.assert_allclose(out["aux"], np.sum(p_mean * np.log(p_mean + 1e-8)), rtol=1e-6)
-  uniform = jnp.zeros((6, 4))
-  up, _, ui = moe.route(uniform, K)
-  np.testing.assert_allclose(moe.aux_losses(uniform, up, ui, "entropy")["aux"], -np.log(4),
-                             rtol=1e-6)
-  np.testing.assert_allclose(out["z"], np.mean(np.log(np.exp(np.asarray(logits)).sum(-1)) ** 2),
-                             atol=1e-6)
-
-
-def test_switch_aux_loss_is_one_when_balanced():
-  logits = jnp.log(jnp.asarray([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]]))
-  probs, _, ids = moe.route(logits, K)
-  out = moe.aux_losses(logits, probs, ids, "switch")
-  # Loads: experts 0,1 once and 2,3 once -> f = 1/4 each; P mean = 1/4 each -> 4·Σ f·P = 1.
-  np.testing.assert_allclose(out["load"], [0.25] * 4)
-  np.testing.assert_allclose(out["aux"], 1.0, rtol=1e-6)
-  with pytest.raises(ValueError, match="unknown moe_aux_loss"):
-    moe.aux_losses(logits, probs, ids, "gshard")
-
-
 def test_load_is_reported_per_expert():
   layer, params, x = make()
   _, stats = layer.apply({"params": params}, x, False)
   assert stats["load"].shape == (E,)
   np.testing.assert_allclose(float(jnp.sum(stats["load"])), 1.0, rtol=1e-6)
+
+
+def test_sows_the_experts_it_routed_each_token_to():
+  layer, params, x = make()
+  _, sown = layer.apply({"params": params}, x, False, mutable=[routing.COLLECTION])
+  (experts,) = sown[routing.COLLECTION][routing.EXPERTS]
+  _, _, ids = routing.route(x.reshape(-1, D) @ params["router"], K)
+  np.testing.assert_array_equal(experts, np.asarray(ids).reshape(x.shape[0], x.shape[1], K))
+
+
+def test_every_impl_is_in_the_dispatch_table_and_others_are_errors():
+  assert set(moe.DISPATCH) == {"sort", "einsum", "expert_parallel"}
+  layer, params, x = make()
+  with pytest.raises(ValueError, match="unknown moe_impl 'dense'"):
+    layer.clone(impl="dense").apply({"params": params}, x, False)
+  with pytest.raises(ValueError, match="unknown moe_combine 'max'"):
+    layer.clone(combine="max").apply({"params": params}, x, False)

@@ -1,10 +1,14 @@
 """MSVE: torch-equivalent bilinear upsampling and adaptive pooling, shapes."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from micar_jax import defaults
+from micar_jax.models import model as model_lib
 from micar_jax.models import msve
 
 
@@ -31,7 +35,9 @@ def test_adaptive_pool_bins_follow_torch():
 
 
 def test_msve_tokens_shape_and_raster_order():
-  enc = msve.MSVE((1, 1, 1, 1), 8, 16, 7)
+  mc = model_lib.ModelConfig.from_config(defaults.tiny(defaults.base_config()), 11)
+  enc = msve.MSVE(dataclasses.replace(mc, stage_sizes=(1, 1, 1, 1), resnet_width=8, d_v=16,
+                                      pool_size=7))
   x = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
   v = nn.meta.unbox(enc.init(jax.random.PRNGKey(0), x, train=False))
   tokens = enc.apply(v, x, train=False)

@@ -8,6 +8,7 @@ text is obvious, and the tricky ones are checked literally.
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,8 +19,7 @@ import pytest
 from PIL import Image
 
 from micar_jax import errors
-from micar_jax.data import prepare
-from micar_jax.data.prepare import common
+from micar_jax.data import prepare, registry
 
 BOM = b"\xef\xbb\xbf"
 
@@ -40,7 +40,7 @@ def _run(dataset, raw, out, strict=False):
   log = io.StringIO()
   result = prepare.prepare(dataset, str(raw), str(out), strict=strict, stream=log)
   lines = {s: [json.loads(l) for l in (out / f"{s}.jsonl").read_text("utf-8").splitlines()]
-           for s in common.SPLITS}
+           for s in registry.SPLITS}
   return result, lines, log.getvalue()
 
 
@@ -73,7 +73,6 @@ def test_covctr_split_order_text_and_bad_rows(tmp_path):
     if split == "train":
       want[2] = ("img0.png", "ünïcødé , ggo\r\nsecond line .")
     assert got == want
-  assert all(os.path.isabs(r["image"]) for r in lines["train"])
   assert result.examples == {"train": 7, "val": 1, "test": 1}
   assert result.skipped == {"-": 0, "train": 2, "val": 0, "test": 1}
   reasons = {where: reason for _, where, reason in result.bad_rows}
@@ -82,8 +81,9 @@ def test_covctr_split_order_text_and_bad_rows(tmp_path):
   assert "missing image" in reasons["reports_ZH_EN.csv row 4 (line 6)"]
   assert "report" in reasons["reports_ZH_EN.csv row 8 (line 11)"]
   assert "corrupt image" in reasons["reports_ZH_EN.csv row 11 (line 14)"]
-  assert log.count("skipped") == 3
   assert result.summary[0].startswith("train: 7 examples, vocabulary coverage ")
+  assert result.summary[3] == ("left out 3 rows (train 2, test 1): "
+                               "1 report is missing or not text, 1 missing image, 1 corrupt image")
 
 
 def test_covctr_malformed_record_keeps_its_split_place(tmp_path):
@@ -122,8 +122,9 @@ def test_cli_writes_summary(tmp_path):
       [sys.executable, "-m", "micar_jax.data.prepare", "--dataset=covctr", f"--raw_dir={raw}",
        f"--out_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
-  assert proc.stdout.splitlines()[-1] == "left out: train 2, val 0, test 1 (total 3)"
-  assert sorted(os.listdir(tmp_path / "out")) == ["test.jsonl", "train.jsonl", "val.jsonl"]
+  assert proc.stdout.splitlines()[-1] == f"full list: {tmp_path / 'out' / 'skipped.tsv'}"
+  assert sorted(os.listdir(tmp_path / "out")) == [
+      "images", "skipped.tsv", "test.jsonl", "train.jsonl", "val.jsonl"]
 
 
 def test_existing_output_is_refused(tmp_path):
@@ -133,7 +134,8 @@ def test_existing_output_is_refused(tmp_path):
     prepare.prepare("covctr", str(_covctr_raw(tmp_path)), str(tmp_path / "out"))
 
 
-def test_pgross_null_caption_is_dropped_before_split(tmp_path):
+@pytest.mark.parametrize("name", ["captions.json", "peir_gross_captions.json"])
+def test_pgross_null_caption_is_dropped_before_split(tmp_path, name):
   raw = tmp_path / "pgross"
   captions = {}
   for i in range(10):
@@ -142,11 +144,11 @@ def test_pgross_null_caption_is_dropped_before_split(tmp_path):
       captions["null.jpg"] = None
     if i != 8:
       _image(str(raw / "images" / f"p{i}.jpg"), "JPEG", seed=i)
-  (raw / "captions.json").write_text(json.dumps(captions), "utf-8")
+  (raw / name).write_text(json.dumps(captions), "utf-8")
   result, lines, _ = _run("pgross", raw, tmp_path / "out")
   # sklearn on the 10 non-null rows: train [1,0,8,4,5,6,3], val [9], test [7,2];
   # 8 has no image and 4 is empty after the last ":".
-  assert {s: [r["report"] for r in lines[s]] for s in common.SPLITS} == {
+  assert {s: [r["report"] for r in lines[s]] for s in registry.SPLITS} == {
       "train": [f"finding {i} ." for i in (1, 0, 5, 6, 3)], "val": ["finding 9 ."],
       "test": ["finding 7 .", "finding 2 ."]}
   assert result.skipped == {"-": 1, "train": 2, "val": 0, "test": 0}
@@ -226,7 +228,7 @@ def test_roco_images_written_once_pixel_identical(tmp_path):
       ("ROCO_1.png", "a xxxx man ,  xxxx mass ."), ("ROCO_3.png", "third .")]
   assert [r["report"] for r in lines["val"]] == ["val case ."]
   assert [r["report"] for r in lines["test"]] == ["test case ."]
-  assert all(r["image"].startswith(str(out / "images")) for s in lines.values() for r in s)
+  assert all(r["image"].startswith("images/") for s in lines.values() for r in s)
   assert sorted(os.listdir(out / "images")) == [f"ROCO_{i}.png" for i in (1, 3, 4, 5, 6)]
   jpeg = shards["train-00000-of-00002.parquet"][0][2]
   written = Image.open(out / "images" / "ROCO_1.png")
@@ -255,7 +257,7 @@ def _iu_raw(tmp_path):
 def test_iu_xray_keeps_r2gen_split_with_two_views(tmp_path):
   raw = _iu_raw(tmp_path)
   result, lines, _ = _run("iu_xray", raw, tmp_path / "out")
-  assert lines["train"] == [{"image": [str(raw / "images/CXR1/0.png"), str(raw / "images/CXR1/1.png")],
+  assert lines["train"] == [{"image": ["images/CXR1/0.png", "images/CXR1/1.png"],
                              "report": "heart normal a . no effusion ."}]
   assert [r["report"] for r in lines["test"]] == ["heart normal e . no effusion .",
                                                   "heart normal f . no effusion ."]
@@ -266,7 +268,7 @@ def test_iu_xray_keeps_r2gen_split_with_two_views(tmp_path):
 def test_mimic_cxr_uses_first_view(tmp_path):
   raw = _iu_raw(tmp_path)
   _, lines, _ = _run("mimic_cxr", raw, tmp_path / "out")
-  assert [r["image"] for r in lines["train"]] == [str(raw / f"images/CXR{i}/0.png") for i in (1, 2, 3)]
+  assert [r["image"] for r in lines["train"]] == [f"images/CXR{i}/0.png" for i in (1, 2, 3)]
   assert lines["val"][0]["report"] == "heart normal d . no effusion ."
 
 
@@ -285,8 +287,180 @@ def test_synthetic_delegates_to_generator(tmp_path):
 
 
 def test_bad_raw_dir_is_a_user_error(tmp_path):
-  with pytest.raises(errors.UserError, match="reports_ZH_EN.csv or reports.csv"):
+  with pytest.raises(errors.UserError, match="no reports_ZH_EN.csv"):
     prepare.prepare("covctr", str(tmp_path), str(tmp_path / "out"))
   with pytest.raises(errors.UserError, match="must be one of"):
     prepare.prepare("nope", str(tmp_path), str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()
+
+
+def test_mmretinal_with_cfp_only_skips_absent_modalities_with_one_line_each(tmp_path):
+  raw = tmp_path / "mmr"
+  raw.mkdir()
+  _mmr_csv(raw / "CFP_translated_v1.csv", "Image_ID,en_caption,cn_caption",
+           [f"CFP{i},Fundus case {i},zh" for i in range(10)])
+  for i in range(10):
+    _image(str(raw / "CFP" / f"CFP{i}.png"), seed=i)
+  result, lines, log = _run("mmretinal", raw, tmp_path / "out")
+  assert result.examples == {"train": 8, "val": 1, "test": 1}
+  assert [os.path.basename(r["image"]) for r in lines["val"]] == ["CFP5.png"]  # as with all three
+  assert [line for line in log.splitlines() if "left out" in line] == [
+      "MM-Retinal: no FFA_translated_v1.csv; FFA left out (optional modality)",
+      "MM-Retinal: no OCT_translated_v1.csv; OCT left out (optional modality)"]
+
+
+def test_mmretinal_errors_name_the_file_and_modality(tmp_path):
+  raw = tmp_path / "mmr"
+  raw.mkdir()
+  with pytest.raises(errors.UserError, match="none of CFP_translated_v1.csv, FFA_translated_v1"):
+    prepare.prepare("mmretinal", str(raw), str(tmp_path / "out"))
+  _mmr_csv(raw / "OCT_translated_v1.csv", "Image_ID,en_caption,cn_caption,is_multipic", ["OCT0,a,zh,Y"])
+  with pytest.raises(errors.UserError, match=r"OCT_translated_v1.csv is there but its image folder"):
+    prepare.prepare("mmretinal", str(raw), str(tmp_path / "out"))
+  (raw / "OCT").mkdir()
+  with pytest.raises(errors.UserError, match=r"OCT_translated_v1.csv \(OCT\): cannot split 1 rows"):
+    prepare.prepare("mmretinal", str(raw), str(tmp_path / "out"))
+  assert sorted(os.listdir(tmp_path)) == ["mmr"]
+
+
+def test_covctr_other_csv_name_is_refused_naming_the_expected_file(tmp_path):
+  raw = _covctr_raw(tmp_path)
+  (raw / "reports_ZH_EN.csv").rename(raw / "reports_ZH_EN_excerpt.csv")
+  with pytest.raises(errors.UserError,
+                     match=r"no reports_ZH_EN.csv .*found reports_ZH_EN_excerpt.csv"):
+    prepare.prepare("covctr", str(raw), str(tmp_path / "out"))
+
+
+def test_many_left_out_rows_are_summarised_and_listed_in_skipped_tsv(tmp_path):
+  raw = _covctr_raw(tmp_path)
+  for i in (0, 1, 2, 4, 5, 6):
+    (raw / "images" / f"img{i}.png").unlink()
+  out = tmp_path / "out"
+  result, _, _ = _run("covctr", raw, out)
+  summary = result.summary[3:]
+  assert summary[0] == ("left out 10 rows (train 8, val 1, test 1): "
+                        "8 missing image, 1 report is missing or not text, 1 corrupt image")
+  assert len(summary) == 1 + 5 + 2
+  assert summary[1].startswith("  [train] reports_ZH_EN.csv row 6 (line 9): missing image /")
+  assert summary[-2:] == ["  ... 5 more", f"full list: {out / 'skipped.tsv'}"]
+  rows = (out / "skipped.tsv").read_text("utf-8").splitlines()
+  assert rows[0] == "split\twhere\treason"
+  assert [tuple(r.split("\t")) for r in rows[1:]] == result.bad_rows
+
+
+def test_prepared_folder_has_umask_permissions(tmp_path):
+  old = os.umask(0o027)
+  try:
+    _run("covctr", _covctr_raw(tmp_path), tmp_path / "out")
+  finally:
+    os.umask(old)
+  assert (tmp_path / "out").stat().st_mode & 0o777 == 0o750
+  assert (tmp_path / "out" / "train.jsonl").stat().st_mode & 0o777 == 0o640
+
+
+def test_prepared_folder_is_movable_and_independent_of_raw(tmp_path):
+  from micar_jax.data import jsonl
+  raw = _iu_raw(tmp_path)
+  _run("iu_xray", raw, tmp_path / "out")
+  shutil.rmtree(raw)
+  moved = tmp_path / "elsewhere" / "iu"
+  os.makedirs(moved.parent)
+  os.rename(tmp_path / "out", moved)
+  rows = jsonl.read_split(moved, "train")
+  assert rows == [{"image": [str(moved / "images/CXR1/0.png"), str(moved / "images/CXR1/1.png")],
+                   "report": "heart normal a . no effusion ."}]
+  assert Image.open(rows[0]["image"][1]).size == (5, 4)
+
+
+def test_absolute_paths_of_older_folders_still_load(tmp_path):
+  from micar_jax.data import jsonl
+  _image(str(tmp_path / "imgs" / "a.png"))
+  folder = tmp_path / "old"
+  folder.mkdir()
+  (folder / "val.jsonl").write_text(
+      json.dumps({"image": str(tmp_path / "imgs" / "a.png"), "report": "r ."}) + "\n")
+  assert jsonl.read_split(folder, "val") == [{"image": str(tmp_path / "imgs" / "a.png"),
+                                              "report": "r ."}]
+
+
+def _roco_release(tmp_path):
+  """The public release: test/ and validation/ radiology folders, images as its fetch script names them."""
+  raw = tmp_path / "roco-dataset" / "data"
+  for split, ids in (("validation", (1, 2)), ("test", (3, 4, 5))):
+    folder = raw / split / "radiology"
+    folder.mkdir(parents=True)
+    (folder / "captions.txt").write_text(
+        "".join(f"ROCO_{i:05d}\t A 45-year-old man, case {i}.\n" for i in ids) + "ROCO_99999\n")
+    (folder / "dlinks.txt").write_text("".join(
+        f"ROCO_{i:05d}\twget -r ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/8d/34/PMC{i}.tar.gz "
+        f"-P /path/to/Dir\tfig-{i}.jpg\n" for i in ids))
+    for i in ids:
+      if i != 4:
+        _image(str(folder / "images" / f"PMC{i}_fig-{i}.jpg"), "JPEG", seed=i)
+  return tmp_path / "roco-dataset"
+
+
+def test_roco_release_layout_reads_captions_and_fetched_images(tmp_path):
+  raw = _roco_release(tmp_path)
+  out = tmp_path / "out"
+  result, lines, _ = _run("roco", raw, out)
+  assert lines["train"] == []
+  assert lines["val"] == [{"image": f"images/ROCO_0000{i}.png", "report": f"a xxxx man ,  case {i} ."}
+                          for i in (1, 2)]
+  assert [r["image"] for r in lines["test"]] == ["images/ROCO_00003.png", "images/ROCO_00005.png"]
+  written = Image.open(out / "images" / "ROCO_00003.png")
+  assert written.format == "PNG"
+  jpeg = raw / "data" / "test" / "radiology" / "images" / "PMC3_fig-3.jpg"
+  assert np.array_equal(np.asarray(written), np.asarray(Image.open(jpeg)))
+  reasons = {w: r for _, w, r in result.bad_rows}
+  assert reasons["test/radiology/captions.txt line 2"].startswith("missing image ")
+  assert reasons["test/radiology/captions.txt line 4"].startswith("malformed line")
+  assert result.skipped == {"-": 0, "train": 0, "val": 1, "test": 2}
+
+
+def test_every_row_left_out_is_one_error_and_writes_nothing(tmp_path):
+  raw = _iu_raw(tmp_path)
+  shutil.rmtree(raw / "images")
+  (raw / "images").mkdir()
+  with pytest.raises(errors.UserError, match=r"^all 7 rows were left out \(5 missing image, "
+                     r"2 malformed record\), e\.g\. annotation.json train\[0\] \(id 'CXR1'\): "
+                     r"missing image .*; check RAW against docs/datasets.md$"):
+    prepare.prepare("iu_xray", str(raw), str(tmp_path / "out"))
+  assert sorted(os.listdir(tmp_path)) == ["iu"]
+
+
+def test_images_below_raw_keep_distinct_names_in_out(tmp_path):
+  from micar_jax.data.prepare import common, output
+  raw, stage = tmp_path / "raw", tmp_path / "stage"
+  for i, rel in enumerate(("a.png", "images/a.png", "CFP/b.png")):
+    _image(str(raw / rel), seed=i)
+  stage.mkdir()
+  request = common.Request(registry.DATASETS["covctr"], str(raw), str(stage), str(tmp_path / "out"),
+                           io.StringIO())
+  examples = {"train": [common.Example(str(raw / r), "x .") for r in ("images/a.png", "CFP/b.png")],
+              "val": [common.Example(str(raw / "a.png"), "y .")], "test": []}
+  placed = output.place_images(examples, request)
+  names = [e.image for s in ("train", "val") for e in placed[s]]
+  assert names[:2] == ["images/a.png", "images/CFP/b.png"]
+  assert names[2].startswith("images/other/") and names[2].endswith("/a.png")
+  for (src, dest) in zip(("images/a.png", "CFP/b.png", "a.png"), names):
+    assert (stage / dest).read_bytes() == (raw / src).read_bytes()
+  assert request.stream.getvalue() == f"images: hard-linked 3 (no extra disk space) into {tmp_path / 'out' / 'images'}\n"
+
+
+def test_images_are_fully_decoded_and_wide_or_alpha_modes_kept(tmp_path):
+  raw = _covctr_raw(tmp_path)
+  jpeg = _encoded("JPEG", 1)
+  (raw / "images" / "img1.png").write_bytes(jpeg[:len(jpeg) - 40])  # truncated: verify() passes it
+  (raw / "images" / "img2.png").write_bytes(b"")
+  (raw / "images" / "img4.png").write_text("not an image at all")
+  Image.fromarray(np.arange(20, dtype=np.uint16).reshape(4, 5) * 3000).save(raw / "images" / "img5.png")
+  Image.new("RGBA", (5, 4), (9, 9, 9, 100)).save(raw / "images" / "img6.png")
+  result, lines, _ = _run("covctr", raw, tmp_path / "out")
+  reasons = {where.split(" (")[0]: reason for _, where, reason in result.bad_rows}
+  assert reasons["reports_ZH_EN.csv row 2"].startswith("corrupt image ")  # img1, truncated
+  assert "truncated" in reasons["reports_ZH_EN.csv row 2"]
+  assert reasons["reports_ZH_EN.csv row 3"].startswith("empty image file ")  # img2
+  assert reasons["reports_ZH_EN.csv row 5"].startswith("corrupt image ")  # img4, text
+  kept = [os.path.basename(r["image"]) for split in lines.values() for r in split]
+  assert "img5.png" in kept and "img6.png" in kept

@@ -43,15 +43,15 @@ def test_make_mesh_rejects_sizes_that_do_not_fit(sizes, message):
 
 def test_resolve_spec_falls_back_when_an_axis_does_not_divide():
   mesh = sharding.make_mesh(config_of(data=2, fsdp=2, tensor=2))
-  rules = sharding.logical_rules(None)
+  rules = sharding.logical_rules()
   # V = 229 is odd: vocab stays replicated, embed takes fsdp.
   assert sharding.resolve_spec(("vocab", "embed"), (229, 32), rules, mesh) == P(None, "fsdp")
   # conv_in = 3 cannot take fsdp, so conv_out (a later rule) gets it.
   assert sharding.resolve_spec((None, None, "conv_in", "conv_out"), (7, 7, 3, 8), rules,
                                mesh) == P(None, None, None, "fsdp")
   # A batch of 2 keeps the largest dividing prefix of ("data", "fsdp", "expert").
-  assert sharding.resolve_spec(("batch", "length"), (2, 5), rules, mesh) == P("data", None)
-  assert sharding.resolve_spec(("batch", "length"), (4, 5), rules, mesh) == P(
+  assert sharding.resolve_spec(("batch", None), (2, 5), rules, mesh) == P("data", None)
+  assert sharding.resolve_spec(("batch", None), (4, 5), rules, mesh) == P(
       ("data", "fsdp", "expert"), None)
   # Unknown names and None are replicated.
   assert sharding.resolve_spec(("other", None), (4, 4), rules, mesh) == P(None, None)
@@ -63,7 +63,7 @@ def tiny_abstract_state():
   mc = model_lib.ModelConfig.from_config(config, 229)
   init = steps.make_init_fn(mc, optax.adamw(1e-3), config.data.image_size)
   mesh = sharding.make_mesh(config)
-  rules = sharding.logical_rules(config)
+  rules = sharding.logical_rules()
   with sharding.use_mesh(mesh, rules):
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   return abstract, sharding.state_shardings(abstract, mesh, rules), mesh
@@ -112,7 +112,7 @@ def test_init_sharded_creates_sharded_unboxed_state():
   tx = optax.adamw(1e-3)
   init = moe_init_fn(tx)
   mesh = sharding.make_mesh(config_of(fsdp=2, expert=4))
-  rules = sharding.logical_rules(None)
+  rules = sharding.logical_rules()
   state, shardings = sharding.init_sharded(init, mesh, rules, jax.random.PRNGKey(3))
   w1 = state["params"]["w1"]
   assert isinstance(w1, jax.Array)

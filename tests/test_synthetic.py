@@ -1,5 +1,6 @@
-"""Tests for micar_jax.data.synthetic: determinism, layout, image-report agreement."""
+"""Tests for micar_jax.data.synthetic: determinism, layout, image-report agreement, location."""
 
+import importlib.util
 import json
 import os
 
@@ -25,10 +26,9 @@ def test_same_seed_same_files_other_seed_differs(tmp_path):
   synthetic.generate(str(tmp_path / "b"), (6, 2, 2), 3, 24)
   synthetic.generate(str(tmp_path / "c"), (6, 2, 2), 4, 24)
   a, b, c = (_files(tmp_path / n) for n in "abc")
-  # jsonl lines hold absolute paths, so compare them with the folder name removed.
-  norm = lambda files, name: {k: v.replace(str(tmp_path / name).encode(), b"") for k, v in files.items()}
-  assert norm(a, "a") == norm(b, "b")
-  assert norm(a, "a") != norm(c, "c")
+  # jsonl image paths are relative to the folder, so the files are byte-identical.
+  assert a == b
+  assert a != c
   assert sorted(a) == sorted(["train.jsonl", "val.jsonl", "test.jsonl"] +
                              [f"images/{s}_{i:06d}.png" for s, n in (("train", 6), ("val", 2),
                                                                      ("test", 2)) for i in range(n)])
@@ -55,7 +55,7 @@ def test_images_show_what_reports_say(tmp_path):
   rows = [json.loads(l) for l in open(tmp_path / "d" / "train.jsonl")]
   assert len({r["report"] for r in rows}) > 30
   for row in rows:
-    img = np.asarray(Image.open(row["image"]))
+    img = np.asarray(Image.open(tmp_path / "d" / row["image"]))
     assert img.shape == (64, 64, 3)
     for singular, plural, rgb in synthetic.KINDS:
       named = f" {singular} in" in row["report"] or f" {plural} in" in row["report"]
@@ -75,3 +75,28 @@ def test_ensure_synthetic_generates_once(tmp_path):
   assert len(open(os.path.join(config.data_dir, "val.jsonl")).readlines()) == 2
   synthetic.ensure_synthetic(config)
   assert _files(config.data_dir) == first
+
+
+def test_a_run_generates_it_in_its_workdir_not_the_current_folder(tmp_path, monkeypatch, capsys):
+  from micar_jax import errors, main
+  spec = importlib.util.spec_from_file_location("synthetic_cfg", "configs/synthetic.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  config.data.synthetic_sizes = (4, 2, 2)
+  config.mesh.num_devices = 1
+  assert config.data_dir == ""
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")
+  with pytest.raises(errors.UserError, match="no best checkpoint"):
+    main.run(config, str(tmp_path / "run"), "test", None)
+  assert len(open(tmp_path / "run" / "data" / "val.jsonl").readlines()) == 2
+  assert os.listdir(tmp_path / "cwd") == []
+  assert f"synthetic data: {tmp_path / 'run' / 'data'}\n" in capsys.readouterr().out
+
+
+def test_empty_data_dir_is_refused_not_generated_in_the_current_folder():
+  config = defaults.base_config()
+  config.data_dir = ""
+  with pytest.raises(ValueError, match="data_dir is empty"):
+    synthetic.ensure_synthetic(config)

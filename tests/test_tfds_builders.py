@@ -8,7 +8,7 @@ import pytest
 
 from micar_jax import defaults
 from micar_jax.data import input_pipeline as ip
-from micar_jax.data import sources, synthetic, tfds_builders
+from micar_jax.data import jsonl, sources, synthetic, tfds_builders
 from micar_jax.data import tokenizer as tl
 
 
@@ -23,7 +23,7 @@ def built(tmp_path_factory):
 def test_round_trip_keeps_order_and_bytes(built):
   for split, n in (("train", 9), ("val", 5), ("test", 3)):
     rows = tfds_builders.data_source("synthetic", split, str(built / "tfds"))
-    want = sources.read_split(built / "syn", split)
+    want = jsonl.read_split(built / "syn", split)
     assert len(rows) == n
     for got, exp in zip(rows, want):
       assert got["report"] == exp["report"]
@@ -47,7 +47,7 @@ def test_pipeline_reads_tfds_like_jsonl(built):
 
 
 def test_two_view_dataset(built, tmp_path):
-  rows = sources.read_split(built / "syn", "train")
+  rows = jsonl.read_split(built / "syn", "train")
   with open(tmp_path / "train.jsonl", "w") as f:
     for i in range(2):
       f.write(json.dumps({"image": [rows[i]["image"], rows[i + 1]["image"]],
@@ -59,7 +59,7 @@ def test_two_view_dataset(built, tmp_path):
 
 
 def test_unbuilt_and_unknown_datasets(tmp_path):
-  with pytest.raises(sources.MissingDataError, match="tfds_builders --dataset=covctr"):
+  with pytest.raises(jsonl.MissingDataError, match="tfds_builders --dataset=covctr"):
     tfds_builders.data_source("covctr", "train", str(tmp_path))
   with pytest.raises(ValueError, match="no TFDS config"):
     tfds_builders.data_source("imagenet", "train", str(tmp_path))

@@ -22,7 +22,8 @@ def test_sinusoidal_table_is_interleaved():
 
 
 def test_text_embedding_scales_and_adds_pe_at_the_decode_position():
-  emb = transformer.TextEmbedding(vocab_size=11, d_model=8, max_len=6, dropout=0.0)
+  mc = model_lib.ModelConfig.from_config(defaults.tiny(defaults.base_config()), 11)
+  emb = transformer.TextEmbedding(dataclasses.replace(mc, d_model=8, max_len=6, dropout=0.0))
   ids = jnp.asarray([[1, 4, 7]])
   v = nn.meta.unbox(emb.init(jax.random.PRNGKey(0), ids, False))
   table = np.asarray(v["params"]["embedding"])

@@ -1,7 +1,7 @@
 """Which PyTorch state-dict entry feeds which of our variables, and how it is laid out.
 
 Two naming styles share one table: "official" (the reference `CaptionModel`,
-OFFICIAL_STATE_DICT.md) and "torchvision" (a plain torchvision ResNet, whose
+docs/checkpoint_layout.md) and "torchvision" (a plain torchvision ResNet, whose
 names are the official backbone names without the `vis_enc.layerK.J.` regrouping).
 
 Layouts (PyTorch -> ours):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from micar_jax.data import input_pipeline
+from micar_jax.data import input_pipeline, synthetic
 from micar_jax.data import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
@@ -48,7 +48,14 @@ def main(argv: Sequence[str]) -> None:
   del argv
   config = FLAGS.config
   with tempfile.TemporaryDirectory() as workdir:
+    if config.dataset == "synthetic" and not config.data_dir:
+      config.data_dir = synthetic.data_dir_in(workdir)
     tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
+    _report(config, tokenizer)
+
+
+def _report(config, tokenizer: tokenizer_lib.Tokenizer) -> None:
+  """Prints the dataset line, then the timings for each --workers count."""
   print(f"dataset {config.dataset} at {config.data_dir}: image {config.data.image_size}px "
         f"(resize {config.data.resize_size}), batch {config.train.batch_size}, "
         f"augment {config.data.augment}")

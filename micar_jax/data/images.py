@@ -4,10 +4,25 @@
 on PIL images: resize the shorter side to `resize_size` (PIL bilinear, which
 antialiases), centre-crop `image_size`, scale to [0, 1], normalise with the
 ImageNet mean/std. Output is float32 HWC rather than torch's CHW.
+
+`decode` is the one way the project turns a file into pixels (prepare checks,
+training, evaluation, predict and explain), so all of them accept and refuse
+the same files. It decodes the whole image (a truncated file fails here, not
+inside training) and converts every mode to 8-bit RGB:
+- 8-bit modes (L, RGB, CMYK, YCbCr, palette without transparency) as PIL's
+  `convert("RGB")`, i.e. as the reference reads them;
+- modes wider than 8 bits (I;16, I;16B, I, F: 16-bit and float medical
+  images) are windowed by their own range, min -> 0 and max -> 255, as medical
+  viewers display them; `convert("RGB")` would clip them to almost all white.
+  A constant image becomes black; non-finite float pixels become the minimum;
+- alpha (RGBA, LA, PA, palette with transparency) is composited over black,
+  so fully transparent pixels are black whatever colour they store.
+Images with more than MAX_PIXELS pixels are refused with an ImageError.
 """
 
 import io
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -20,23 +35,77 @@ AUGMENT_SCALE = (0.6, 1.0)
 AUGMENT_RATIO = (3 / 4, 4 / 3)
 
 
+# Largest accepted image (width * height). A 10000 x 10000 scan decodes to
+# 300 MB of RGB and more while being windowed; beyond that it is refused.
+MAX_PIXELS = 100_000_000
+# PIL warns from ~89 MP and raises from ~179 MP (decompression-bomb guard);
+# MAX_PIXELS is checked first and gives a clear error instead.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
 class ImageError(ValueError):
   """An image that is missing, unreadable or corrupt."""
 
 
+def _window(pixels: np.ndarray) -> np.ndarray:
+  """[H, W] integer or float pixels -> uint8 [H, W], min..max mapped onto 0..255."""
+  x = pixels.astype(np.float64)
+  finite = np.isfinite(x)
+  if not finite.any():
+    return np.zeros(x.shape, np.uint8)
+  lo, hi = x[finite].min(), x[finite].max()
+  x = np.where(finite, x, lo)
+  if hi == lo:
+    return np.zeros(x.shape, np.uint8)
+  return np.rint((x - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+  """Any PIL mode -> 8-bit RGB by the rules in the module docstring."""
+  if img.mode == "RGB":
+    return img
+  if img.mode in _WIDE_MODES:
+    return Image.fromarray(_window(np.asarray(img))).convert("RGB")
+  if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+    rgba = np.asarray(img.convert("RGBA"), np.uint16)
+    over_black = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
+    return Image.fromarray(over_black.astype(np.uint8))
+  return img.convert("RGB")
+
+
 def decode(data: str | os.PathLike | bytes) -> Image.Image:
-  """Opens an image file path or encoded bytes as an RGB PIL image.
+  """Opens an image file path or encoded bytes, fully decoded, as 8-bit RGB.
 
   Raises:
-    ImageError: the file is missing, unreadable or not a decodable image.
+    ImageError: the file is missing, empty, not an image, truncated or corrupt,
+      or larger than MAX_PIXELS. The message starts with the kind of problem
+      ("missing image", "empty image file", "corrupt image", "image too large")
+      and the file.
   """
   what = "<bytes>" if isinstance(data, bytes) else os.fspath(data)
+  if not isinstance(data, bytes):
+    if not os.path.isfile(what):
+      raise ImageError(f"missing image {what}")
+    if os.path.getsize(what) == 0:
+      raise ImageError(f"empty image file {what} (0 bytes)")
   try:
-    src = io.BytesIO(data) if isinstance(data, bytes) else data
-    with Image.open(src) as img:
-      return img.convert("RGB")
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise ImageError(f"cannot read image {what}: {type(e).__name__}: {e}") from None
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else what) as img:
+      if img.width * img.height > MAX_PIXELS:
+        raise ImageError(f"image too large {what} ({img.width} x {img.height} pixels; the limit is "
+                         f"{MAX_PIXELS:,}, micar_jax.data.images.MAX_PIXELS)")
+      img.load()
+      return to_rgb(img)
+  except ImageError:
+    raise
+  except Image.DecompressionBombError:
+    raise ImageError(f"image too large {what} (over {MAX_PIXELS:,} pixels, "
+                     "micar_jax.data.images.MAX_PIXELS)") from None
+  except Image.UnidentifiedImageError:
+    raise ImageError(f"corrupt image {what} (not a format PIL can identify)") from None
+  except (OSError, ValueError, SyntaxError) as e:
+    raise ImageError(f"corrupt image {what} ({type(e).__name__}: {e})") from None
 
 
 def resized_size(height: int, width: int, size: int) -> tuple[int, int]:

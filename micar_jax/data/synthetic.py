@@ -11,17 +11,19 @@ so a model can only score well by looking at the image:
   superior temporal region . one large hard exudate in the inferior nasal region .
 
 The layout is that of a prepared dataset: out_dir/{train,val,test}.jsonl with
-`{"image": <abs path>, "report": <text>}` lines, images in out_dir/images/.
+`{"image": "images/<name>.png", "report": <text>}` lines (paths relative to
+out_dir, so the folder can be moved), images in out_dir/images/.
 """
 
 import json
 import os
 import shutil
-import tempfile
 
 import ml_collections
 import numpy as np
 from PIL import Image
+
+from micar_jax.data import jsonl, registry
 
 QUADRANTS = ("superior temporal", "inferior temporal", "superior nasal", "inferior nasal")
 # name: (singular, plural, RGB colour).
@@ -104,22 +106,18 @@ def generate(out_dir: str, sizes: tuple[int, int, int], seed: int, image_size: i
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir):
     raise FileExistsError(f"{out_dir} already exists and is not empty")
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+  tmp = jsonl.make_stage_dir(out_dir)
   try:
     os.makedirs(os.path.join(tmp, "images"))
     rng = np.random.default_rng(seed)
-    for split, n in zip(("train", "val", "test"), sizes):
+    for split, n in zip(registry.SPLITS, sizes):
       lines = []
       for i in range(n):
         spec = _sample(rng)
         name = f"{split}_{i:06d}.png"
         Image.fromarray(_render(spec, image_size, rng)).save(
             os.path.join(tmp, "images", name), compress_level=1)
-        # Final (post-rename) path, so the jsonl is valid once the rename lands.
-        lines.append(json.dumps({"image": os.path.join(out_dir, "images", name),
-                                 "report": report(spec)}))
+        lines.append(json.dumps({"image": f"images/{name}", "report": report(spec)}))
       with open(os.path.join(tmp, f"{split}.jsonl"), "w", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in lines))
     os.rename(tmp, out_dir)
@@ -133,6 +131,11 @@ def generate(out_dir: str, sizes: tuple[int, int, int], seed: int, image_size: i
     raise
 
 
+def data_dir_in(workdir: str) -> str:
+  """Where a run generates the synthetic dataset when config.data_dir is "": <workdir>/data."""
+  return os.path.abspath(os.path.join(workdir, "data"))
+
+
 def ensure_synthetic(config: ml_collections.ConfigDict) -> None:
   """Generates config.data_dir unless it already holds a dataset.
 
@@ -140,6 +143,8 @@ def ensure_synthetic(config: ml_collections.ConfigDict) -> None:
   (so the reference resize is a no-op and the crop sees the whole fundus
   when resize_size == image_size).
   """
+  if not config.data_dir:
+    raise ValueError("config.data_dir is empty: set it (the run sets it to <workdir>/data)")
   if os.path.exists(os.path.join(config.data_dir, "train.jsonl")):
     return
   generate(config.data_dir, tuple(config.data.synthetic_sizes), config.seed,

@@ -19,12 +19,9 @@ from typing import Any
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from micar_jax.data import sources
+from micar_jax.data import jsonl, registry
 
 BUILDER_NAME = "micar_reports"
-# Dataset name -> images per example.
-DATASETS = {"covctr": 1, "mmretinal": 1, "pgross": 1, "roco": 1, "iu_xray": 2,
-            "mimic_cxr": 1, "synthetic": 1}
 
 
 class MicarReportsConfig(tfds.core.BuilderConfig):
@@ -46,8 +43,8 @@ class MicarReports(tfds.core.GeneratorBasedBuilder):
   `{"image": <path or list of paths>, "report": <cleaned text>}`.
   """
   BUILDER_CONFIGS = [
-      MicarReportsConfig(name=name, num_views=views, description=f"Prepared {name}.")
-      for name, views in DATASETS.items()
+      MicarReportsConfig(name=d.name, num_views=d.num_views, description=f"Prepared {d.name}.")
+      for d in registry.DATASETS.values()
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -67,12 +64,12 @@ class MicarReports(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual = os.fspath(dl_manager.manual_dir)
-    return {split: self._generate_examples(manual, split) for split in sources.SPLITS
+    return {split: self._generate_examples(manual, split) for split in registry.SPLITS
             if os.path.exists(os.path.join(manual, split + ".jsonl"))}
 
   def _generate_examples(self, data_dir: str, split: str):
     keys = _view_keys(self.builder_config.num_views)
-    for i, row in enumerate(sources.read_split(data_dir, split)):
+    for i, row in enumerate(jsonl.read_split(data_dir, split)):
       paths = row["image"] if isinstance(row["image"], list) else [row["image"]]
       if len(paths) != len(keys):
         raise ValueError(f"{data_dir}/{split}.jsonl row {i}: expected {len(keys)} "
@@ -112,17 +109,18 @@ def data_source(dataset: str, split: str, data_dir: str | None = None) -> TfdsRo
   """Opens `micar_reports/<dataset>` split as rows; images stay encoded bytes.
 
   Raises:
-    sources.MissingDataError: the dataset has not been built in data_dir.
+    jsonl.MissingDataError: the dataset has not been built in data_dir.
   """
-  if dataset not in DATASETS:
-    raise ValueError(f"no TFDS config for dataset {dataset!r}; known: {sorted(DATASETS)}")
+  if dataset not in registry.DATASETS:
+    raise ValueError(
+        f"no TFDS config for dataset {dataset!r}; known: {sorted(registry.DATASETS)}")
   builder = tfds.builder(f"{BUILDER_NAME}/{dataset}", data_dir=data_dir)
   if not builder.is_prepared():
-    raise sources.MissingDataError(
+    raise jsonl.MissingDataError(
         f"TFDS {BUILDER_NAME}/{dataset} is not built in {builder.data_dir}; run "
         f"`python -m micar_jax.data.tfds_builders --dataset={dataset} "
         f"--manual_dir=<prepared folder> --tfds_data_dir={data_dir or '<dir>'}`")
-  views = DATASETS[dataset]
+  views = registry.DATASETS[dataset].num_views
   decoders = {k: tfds.decode.SkipDecoding() for k in _view_keys(views)}
   return TfdsRows(builder.as_data_source(split=split, decoders=decoders), views)
 
@@ -145,7 +143,7 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
   # Defined here, not at import: importers (the input pipeline) must not
   # register flags that could clash with their own --dataset.
-  flags.DEFINE_enum("dataset", None, list(DATASETS), "Dataset to build.")
+  flags.DEFINE_enum("dataset", None, list(registry.DATASETS), "Dataset to build.")
   flags.DEFINE_string("manual_dir", None, "Prepared jsonl folder.")
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default ~/tensorflow_datasets).")
   flags.mark_flags_as_required(["dataset", "manual_dir"])

@@ -1,7 +1,7 @@
 """Report tokenizers: the reference's word vocabulary and a SentencePiece option.
 
 Both share the reference's special ids (`<pad>`=0, `<sos>`=1, `<eos>`=2,
-`<unk>`=3) and its sequence layout (REFERENCE_MODEL.md §7): with
+`<unk>`=3) and its sequence layout (docs/reference_model.md §7): with
 n = min(len(tokens), L - 2),
 
   input_ids = [<sos>] + tokens[:n] + [<eos>] + <pad>...   (length L)

@@ -1,7 +1,7 @@
 """Optional RaTEScore (the reference's test-time metric), from local weights only.
 
 RaTEScore 0.6.0 needs torch, transformers and medspacy (with numpy<2, which
-the project does not pin; METRICS.md §8), so it is never a project
+the project does not pin; docs/metrics.md §8), so it is never a project
 dependency. It runs only when the `RaTEScore` package imports and a local
 folder holds both models, as downloaded from the Hugging Face Hub:
 

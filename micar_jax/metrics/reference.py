@@ -1,7 +1,7 @@
 """The reference's caption metrics (jury 2.3.1), reproduced offline.
 
 The official code scores with jury; this module recomputes the same numbers
-without jury or network access (METRICS.md §2-§5):
+without jury or network access (docs/metrics.md §2-§5):
 
 - BLEU-1..4: corpus-level tensorflow/nmt `compute_bleu` without smoothing, on
   jury's tokeniser (punctuation -> space, lowercase, whitespace split).

@@ -1,6 +1,8 @@
 """One entry point for all caption metric suites.
 
-Suites and their keys (each number names its implementation, METRICS.md §1):
+`SUITES` is the table of suites: name -> the keys it reports and its scoring
+function. The suites and their keys (each number names its implementation,
+docs/metrics.md §1):
 - "reference": the official code's metrics (jury 2.3.1, offline; reference.py)
   as `ref/bleu1..4`, `ref/meteor` (nltk), `ref/rougeL` (plain mean, not
   jury's bootstrap "mid"), and the selection score `ref/score`.
@@ -17,11 +19,9 @@ still computed without its METEOR/4 term and `partial` says so.
 import dataclasses
 import logging
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 from micar_jax.metrics import coco, ratescore, reference, wordnet
-
-SUITES = ("reference", "coco", "ratescore")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,69 @@ class Scores:
     parts += [f"{k}=skipped" for k in self.skipped]
     parts += [f"({k} partial: {why})" for k, why in self.partial.items()]
     return " ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Where the suites find their resources (see `compute_scores`)."""
+  wordnet_dir: str | os.PathLike | None = None
+  coco_tokenize: str = "whitespace"
+  ratescore_dir: str | os.PathLike | None = None
+
+
+def _reference_suite(hypotheses: Sequence[str], references: Sequence[str],
+                     options: Options) -> Scores:
+  skipped, partial = {}, {}
+  wn, reason = wordnet.load_wordnet(options.wordnet_dir)
+  if wn is None:
+    skipped["ref/meteor"] = reason
+    partial["ref/score"] = "METEOR/4 term missing (ref/meteor skipped)"
+    logging.warning("ref/meteor skipped: %s", reason)
+  values = {f"ref/{k}": v for k, v in reference.reference_scores(hypotheses, references, wn).items()}
+  return Scores(values, skipped, partial)
+
+
+def _coco_suite(hypotheses: Sequence[str], references: Sequence[str], options: Options) -> Scores:
+  got, missed = coco.coco_scores(hypotheses, references, options.coco_tokenize)
+  return Scores({f"coco/{k}": v for k, v in got.items()},
+                {f"coco/{k}": v for k, v in missed.items()}, {})
+
+
+def _ratescore_suite(hypotheses: Sequence[str], references: Sequence[str],
+                     options: Options) -> Scores:
+  got, missed = ratescore.ratescore_scores(hypotheses, references, options.ratescore_dir)
+  skipped = {}
+  for reason in missed.values():
+    skipped.update({"rs/mean": reason, "rs/std": reason})
+    logging.warning("ratescore skipped: %s", reason)
+  return Scores({f"rs/{k}": v for k, v in got.items()}, skipped, {})
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+  """A metric suite: the keys it can report and the function that scores pairs."""
+  keys: tuple[str, ...]
+  fn: Callable[[Sequence[str], Sequence[str], Options], Scores]
+
+
+# The caption metrics both the reference and the coco suite report.
+_CAPTION = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL")
+# Suite name -> Suite, in the order their values are reported.
+SUITES = {
+    "reference": Suite(tuple(f"ref/{k}" for k in _CAPTION + ("score",)), _reference_suite),
+    "coco": Suite(tuple(f"coco/{k}" for k in _CAPTION + ("cider",)), _coco_suite),
+    "ratescore": Suite(("rs/mean", "rs/std"), _ratescore_suite),
+}
+
+
+def check_selection(suite: str, key: str) -> None:
+  """Raises a one-line ValueError unless `suite` is a suite that reports `key`."""
+  if suite not in SUITES:
+    raise ValueError(f"train.select_suite={suite!r} is not a metric suite; expected one of "
+                     f"{tuple(SUITES)}")
+  if key not in SUITES[suite].keys:
+    raise ValueError(f"train.select_key={key!r} is not reported by suite {suite!r}; expected "
+                     f"one of {SUITES[suite].keys}")
 
 
 def compute_scores(hypotheses: Sequence[str], references: Sequence[str],
@@ -70,28 +133,14 @@ def compute_scores(hypotheses: Sequence[str], references: Sequence[str],
   """
   unknown = [s for s in suites if s not in SUITES]
   if unknown:
-    raise ValueError(f"unknown metric suite(s) {unknown}; expected some of {SUITES}")
+    raise ValueError(f"unknown metric suite(s) {unknown}; expected some of {tuple(SUITES)}")
   reference.check_pairs(hypotheses, references)
+  options = Options(wordnet_dir, coco_tokenize, ratescore_dir)
   values, skipped, partial = {}, {}, {}
-
-  if "reference" in suites:
-    wn, reason = wordnet.load_wordnet(wordnet_dir)
-    if wn is None:
-      skipped["ref/meteor"] = reason
-      partial["ref/score"] = "METEOR/4 term missing (ref/meteor skipped)"
-      logging.warning("ref/meteor skipped: %s", reason)
-    values.update({f"ref/{k}": v for k, v in
-                   reference.reference_scores(hypotheses, references, wn).items()})
-
-  if "coco" in suites:
-    got, missed = coco.coco_scores(hypotheses, references, coco_tokenize)
-    values.update({f"coco/{k}": v for k, v in got.items()})
-    skipped.update({f"coco/{k}": v for k, v in missed.items()})
-
-  if "ratescore" in suites:
-    got, missed = ratescore.ratescore_scores(hypotheses, references, ratescore_dir)
-    values.update({f"rs/{k}": v for k, v in got.items()})
-    for reason in missed.values():
-      skipped.update({"rs/mean": reason, "rs/std": reason})
-      logging.warning("ratescore skipped: %s", reason)
+  for name, suite in SUITES.items():
+    if name in suites:
+      got = suite.fn(hypotheses, references, options)
+      values.update(got.values)
+      skipped.update(got.skipped)
+      partial.update(got.partial)
   return Scores(values, skipped, partial)

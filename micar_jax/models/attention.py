@@ -1,6 +1,6 @@
 """Latent attention (MHLA self-attention, CMHLA cross-attention) with partial RoPE.
 
-Reproduces the reference exactly (REFERENCE_MODEL.md §3.6-3.8):
+Reproduces the reference exactly (docs/reference_model.md §3.6-3.8):
   * q/k/v come from a down-projection → RMSNorm → up-projection;
   * heads are split head-minor `(d h)` but merged head-major `(h d)`;
   * each head is [nope | rope]; RoPE rotates only the first 2·(rope_dim // 4)
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from micar_jax.models import layers
+from micar_jax.models.model_config import ModelConfig
 
 Array = jax.Array
 
@@ -79,67 +80,58 @@ def down_norm_up(x: Array, low: int, high: int, dtype: Any, name: str) -> Array:
 
 
 class _LatentAttentionBase(nn.Module):
-  """Shared dimensions and the attention core of MHLA and CMHLA.
+  """The attention core shared by MHLA and CMHLA.
+
+  Reads from `cfg`: num_heads H; d_latent, the q/k/v width (head_dim = d_latent / H
+  = qk_nope_dim + qk_rope_dim); qk_nope_dim and qk_rope_dim, the per-head channels
+  without and with RoPE; rope_theta; attention_dropout (on the probabilities);
+  d_model; compute_dtype (softmax stays float32).
 
   Attributes:
-    num_heads: heads H.
-    d_latent: q/k/v width; head_dim = d_latent / H = qk_nope_dim + qk_rope_dim.
-    qk_nope_dim: per-head channels without RoPE.
-    qk_rope_dim: per-head channels of the rope branch.
-    rope_theta: RoPE base.
-    attention_dropout: dropout on the attention probabilities.
-    dtype: computation dtype (softmax in float32).
+    cfg: the model configuration.
+    decode: single-token decoding with a cache.
   """
 
-  num_heads: int
-  d_latent: int
-  qk_nope_dim: int
-  qk_rope_dim: int
-  rope_theta: float = 10000.0
-  attention_dropout: float = 0.0
-  dtype: Any = jnp.float32
+  cfg: ModelConfig
+  decode: bool = False
 
   def _check_dims(self):
-    head_dim = self.d_latent // self.num_heads
-    if self.d_latent % self.num_heads or head_dim != self.qk_nope_dim + self.qk_rope_dim:
+    c = self.cfg
+    head_dim = c.d_latent // c.num_heads
+    if c.d_latent % c.num_heads or head_dim != c.qk_nope_dim + c.qk_rope_dim:
       raise ValueError(
-          f"d_latent={self.d_latent} must split into {self.num_heads} heads of "
-          f"qk_nope_dim + qk_rope_dim = {self.qk_nope_dim + self.qk_rope_dim} channels")
+          f"d_latent={c.d_latent} must split into {c.num_heads} heads of "
+          f"qk_nope_dim + qk_rope_dim = {c.qk_nope_dim + c.qk_rope_dim} channels")
 
   def rope(self, x: Array, positions: Array) -> Array:
     """Applies RoPE to the rope slice of [b, h, s, head_dim] heads."""
-    nope, rope = x[..., : self.qk_nope_dim], x[..., self.qk_nope_dim:]
-    return jnp.concatenate([nope, apply_rope(rope, positions, self.qk_rope_dim, self.rope_theta)], -1)
+    c = self.cfg
+    nope, rope = x[..., : c.qk_nope_dim], x[..., c.qk_nope_dim:]
+    return jnp.concatenate([nope, apply_rope(rope, positions, c.qk_rope_dim, c.rope_theta)], -1)
 
   def attend(self, q: Array, k: Array, v: Array, mask: Array | None, train: bool) -> Array:
     """[b,h,q,d] x [b,h,k,d] -> output [b, q, d_model] after the head merge and wo.
 
     `mask` broadcasts to [b, h, q, k]; zero entries are filled with -1e9.
     """
-    scale = 1.0 / (self.qk_nope_dim + self.qk_rope_dim) ** 0.5
+    c, dtype = self.cfg, self.cfg.compute_dtype
+    scale = 1.0 / (c.qk_nope_dim + c.qk_rope_dim) ** 0.5
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * scale
     if mask is not None:
       scores = jnp.where(mask, scores, MASK_FILL)
     probs = jax.nn.softmax(scores, axis=-1)
     self.sow("intermediates", "attention_weights", probs)
-    probs = nn.Dropout(self.attention_dropout)(probs, deterministic=not train)
-    out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(self.dtype), v.astype(self.dtype))
-    return layers.Dense(self.d_model, (layers.HEADS, layers.EMBED), dtype=self.dtype,
+    probs = nn.Dropout(c.attention_dropout)(probs, deterministic=not train)
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(dtype), v.astype(dtype))
+    return layers.Dense(c.d_model, (layers.HEADS, layers.EMBED), dtype=dtype,
                         name="wo")(merge_heads(out))
 
 
 class LatentSelfAttention(_LatentAttentionBase):
   """MHLA: latent self-attention over one sequence.
 
-  Attributes (besides the base's):
-    d_model: model width.
-    decode: single-token decoding with a KV cache of length max_len.
-    max_len: cache length (text_seq_len).
+  When decoding, the KV cache holds cfg.max_len (text_seq_len) positions.
   """
-
-  d_model: int = 512
-  decode: bool = False
-  max_len: int = 0
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None, train: bool,
@@ -156,36 +148,31 @@ class LatentSelfAttention(_LatentAttentionBase):
       [b, s, d_model].
     """
     self._check_dims()
-    dk = self.d_model // self.num_heads
-    qkv = down_norm_up(x, 3 * dk, 3 * self.d_latent, self.dtype, "qkv")
-    q, k, v = (split_heads(t, self.num_heads) for t in jnp.split(qkv, 3, axis=-1))
+    c = self.cfg
+    dk = c.d_model // c.num_heads
+    qkv = down_norm_up(x, 3 * dk, 3 * c.d_latent, c.compute_dtype, "qkv")
+    q, k, v = (split_heads(t, c.num_heads) for t in jnp.split(qkv, 3, axis=-1))
     if not self.decode:
       positions = jnp.arange(x.shape[1])
       return self.attend(self.rope(q, positions), self.rope(k, positions), v, mask, train)
     positions = jnp.reshape(position, (1,))
     q, k = self.rope(q, positions), self.rope(k, positions)
-    shape = (x.shape[0], self.num_heads, self.max_len, k.shape[-1])
+    shape = (x.shape[0], c.num_heads, c.max_len, k.shape[-1])
     cached_k = self.variable("cache", "key", jnp.zeros, shape, k.dtype)
     cached_v = self.variable("cache", "value", jnp.zeros, shape, v.dtype)
     if not self.is_initializing():
       cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, 0, position, 0))
       cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, 0, position, 0))
-    causal = (jnp.arange(self.max_len) <= position)[None, None, None, :]
+    causal = (jnp.arange(c.max_len) <= position)[None, None, None, :]
     return self.attend(q, cached_k.value, cached_v.value, causal, train)
 
 
 class LatentCrossAttention(_LatentAttentionBase):
   """CMHLA: text queries attend to image tokens; no mask.
 
-  Queries get text positions, keys get image-token positions 0..n_img-1.
-
-  Attributes (besides the base's):
-    d_model: model width.
-    decode: read the image keys/values from the cache unless memory is given.
+  Queries get text positions, keys get image-token positions 0..n_img-1. When
+  decoding, the image keys/values are read from the cache unless memory is given.
   """
-
-  d_model: int = 512
-  decode: bool = False
 
   @nn.compact
   def __call__(self, x: Array, memory: Array | None, train: bool,
@@ -203,13 +190,14 @@ class LatentCrossAttention(_LatentAttentionBase):
       [b, t, d_model].
     """
     self._check_dims()
-    dk = self.d_model // self.num_heads
-    q = split_heads(down_norm_up(x, dk, self.d_latent, self.dtype, "q"), self.num_heads)
+    c = self.cfg
+    dk = c.d_model // c.num_heads
+    q = split_heads(down_norm_up(x, dk, c.d_latent, c.compute_dtype, "q"), c.num_heads)
     q_pos = jnp.arange(x.shape[1]) if position is None else jnp.reshape(position, (1,))
     q = self.rope(q, q_pos)
     if memory is not None:
-      kv = down_norm_up(memory, 2 * dk, 2 * self.d_latent, self.dtype, "kv")
-      k, v = (split_heads(t, self.num_heads) for t in jnp.split(kv, 2, axis=-1))
+      kv = down_norm_up(memory, 2 * dk, 2 * c.d_latent, c.compute_dtype, "kv")
+      k, v = (split_heads(t, c.num_heads) for t in jnp.split(kv, 2, axis=-1))
       k = self.rope(k, jnp.arange(memory.shape[1]))
     if self.decode:
       if memory is not None:

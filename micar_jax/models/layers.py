@@ -1,6 +1,6 @@
 """Shared building blocks: initialisers, RMSNorm, BatchNorm, activations, SwiGLU.
 
-Initialisers follow the reference (REFERENCE_MODEL.md §3.14): xavier-uniform
+Initialisers follow the reference (docs/reference_model.md §3.14): xavier-uniform
 on every weight with two or more dimensions outside the vision encoder, PyTorch's
 default U(±1/sqrt(fan_in)) on biases, ones on norm weights.
 """

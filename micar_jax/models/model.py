@@ -5,77 +5,14 @@ The image becomes a report here: `encode` turns images into visual tokens,
 a time with a KV cache), `__call__` does both.
 """
 
-import dataclasses
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from micar_jax import defaults
 from micar_jax.models import layers, msve, transformer
+from micar_jax.models.model_config import ModelConfig
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """The hashable model hyper-parameters (built from `config.model` + `config.data`)."""
-
-  vocab_size: int
-  max_len: int
-  stage_sizes: tuple[int, ...] = (3, 4, 23, 3)
-  resnet_width: int = 64
-  d_v: int = 2048
-  pool_size: int = 7
-  num_views: int = 1
-  d_model: int = 512
-  d_latent: int = 768
-  num_heads: int = 8
-  qk_nope_dim: int = 48
-  qk_rope_dim: int = 48
-  rope_theta: float = 10000.0
-  d_ff: int = 2048
-  num_layers: int = 3
-  act_fn: str = "gelu"
-  attention_dropout: float = 0.12
-  dropout: float = 0.1
-  num_experts: int = 8
-  top_k: int = 2
-  moe_combine: str = "sum"
-  moe_aux_loss: str = "entropy"
-  capacity_factor: float = -1.0
-  moe_impl: str = "sort"
-  dtype: str = "float32"
-  remat: bool = False
-
-  @property
-  def compute_dtype(self) -> Any:
-    return jnp.dtype(self.dtype)
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int | None = None
-                  ) -> "ModelConfig":
-    """Builds the model config; `vocab_size` overrides config.model.vocab_size."""
-    m = config.model
-    stages = tuple(m.resnet_stages) or defaults.RESNET_STAGES.get(m.resnet_depth)
-    if stages is None:
-      raise ValueError(f"unknown resnet_depth {m.resnet_depth}; expected one of "
-                       f"{sorted(defaults.RESNET_STAGES)} or set model.resnet_stages")
-    v = vocab_size or m.vocab_size
-    if not v:
-      raise ValueError("model.vocab_size is 0 and no tokenizer gave a vocabulary size "
-                       "(pass --config.model.vocab_size=N)")
-    return cls(
-        vocab_size=int(v), max_len=config.data.text_seq_len, stage_sizes=tuple(stages),
-        resnet_width=m.resnet_width, d_v=m.d_v, pool_size=m.pool_size,
-        num_views=config.data.num_views, d_model=m.d_model, d_latent=m.d_latent,
-        num_heads=m.num_heads, qk_nope_dim=m.qk_nope_dim, qk_rope_dim=m.qk_rope_dim,
-        rope_theta=m.rope_theta, d_ff=m.d_ff, num_layers=m.num_layers, act_fn=m.act_fn,
-        attention_dropout=m.attention_dropout, dropout=m.dropout, num_experts=m.num_experts,
-        top_k=m.top_k, moe_combine=m.moe_combine, moe_aux_loss=m.moe_aux_loss,
-        capacity_factor=m.capacity_factor, moe_impl=m.moe_impl, dtype=m.dtype, remat=m.remat)
 
 
 def causal_mask(pad_mask: Array | None, length: int) -> Array:
@@ -110,10 +47,10 @@ class MicarVLMoE(nn.Module):
   def setup(self):
     c = self.cfg
     dt = c.compute_dtype
-    self.vis_enc = msve.MSVE(c.stage_sizes, c.resnet_width, c.d_v, c.pool_size, dt)
+    self.vis_enc = msve.MSVE(c)
     self.proj_norm = layers.RMSNorm(layers.VISION)
     self.proj = layers.Dense(c.d_model, (layers.VISION, layers.EMBED), use_bias=True, dtype=dt)
-    self.text_embs = transformer.TextEmbedding(c.vocab_size, c.d_model, c.max_len, c.dropout, dt)
+    self.text_embs = transformer.TextEmbedding(c)
     enc_cls, dec_cls = transformer.EncoderBlock, transformer.DecoderBlock
     if c.remat:
       enc_cls = nn.remat(enc_cls, static_argnums=(2,))

@@ -6,7 +6,7 @@ equal the one-device values. This module does only the sparse part:
 
   1. tokens [n, d] are split over every data-like mesh axis ("data", "fsdp",
      "expert"); each shard places its own assignments into fixed-capacity
-     buffers [E, C, d] (k-major priority, as `moe.capacity_positions`);
+     buffers [E, C, d] (k-major priority, as `routing.capacity_positions`);
   2. an all-to-all over "expert" sends each expert's buffer to the device that
      holds that expert, which receives [ep, E/ep, C, d] from its peers;
   3. the local experts run (their hidden width split over "tensor" and the
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from micar_jax import sharding
-from micar_jax.models import moe
+from micar_jax.models import moe_dispatch, routing
 
 Array = jax.Array
 
@@ -46,10 +46,12 @@ def _context_mesh() -> jax.sharding.AbstractMesh:
   return mesh
 
 
-def expert_parallel(tokens: Array, expert_ids: Array, experts: tuple[Array, Array, Array],
+def expert_parallel(tokens: Array, expert_ids: Array, experts: moe_dispatch.Experts,
                     act: Callable[[Array], Array],
                     capacity_factor: float) -> tuple[Array, Array]:
   """Computes each token's routed experts with the experts sharded over "expert".
+
+  A `moe_dispatch.Dispatch`, like the one-device `sort` and `einsum`.
 
   Args:
     tokens: [n, d] (any sharding; the batch axes split it inside).
@@ -83,7 +85,7 @@ def expert_parallel(tokens: Array, expert_ids: Array, experts: tuple[Array, Arra
     # Padding rows route to expert -1: they take no slot and count as nothing.
     tokens = jnp.pad(tokens, ((0, pad), (0, 0)))
     expert_ids = jnp.pad(expert_ids, ((0, pad), (0, 0)), constant_values=-1)
-  capacity = moe.expert_capacity((n + pad) // shards, k, num_experts, capacity_factor)
+  capacity = routing.expert_capacity((n + pad) // shards, k, num_experts, capacity_factor)
 
   def local(x, ids, w1, w3, w2):
     out, dropped = _dispatch_compute_return(x, ids, (w1, w3, w2), act, capacity, hidden)
@@ -106,7 +108,7 @@ def _dispatch_compute_return(x, ids, ws, act, capacity, hidden):
   e_local = ws[0].shape[0]
   ep = jax.lax.axis_size(sharding.EXPERT_AXIS)
   num_experts = e_local * ep
-  slot = moe.capacity_positions(ids, num_experts)
+  slot = routing.capacity_positions(ids, num_experts)
   real = ids >= 0
   keep = real & (slot < capacity)
   # Row of each assignment in the flat [E·C] buffer; dropped ones point past the end.
@@ -118,8 +120,7 @@ def _dispatch_compute_return(x, ids, ws, act, capacity, hidden):
   buf = jax.lax.all_to_all(buf.reshape(ep, e_local * capacity, d), sharding.EXPERT_AXIS,
                            0, 0, tiled=True)
   buf = buf.reshape(ep, e_local, capacity, d).swapaxes(0, 1).reshape(e_local, ep * capacity, d)
-  batched = lambda lhs, rhs: jnp.einsum("ecd,edf->ecf", lhs, rhs)
-  out = moe.swiglu_experts(buf, *ws, act, batched)  # [E/ep, ep · C, d]
+  out = moe_dispatch.swiglu_experts(buf, *ws, act, moe_dispatch.expert_matmul)  # [E/ep, ep·C, d]
   if hidden is not None:
     out = jax.lax.psum(out, hidden)
   out = out.reshape(e_local, ep, capacity, d).swapaxes(0, 1).reshape(ep, e_local * capacity, d)

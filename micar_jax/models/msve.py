@@ -7,7 +7,7 @@ AdaptiveAvgPool2d bin edges) at any size, and matmul-friendly on accelerators.
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from micar_jax.models import layers, resnet
+from micar_jax.models.model_config import ModelConfig
 
 Array = jax.Array
 
@@ -93,32 +94,29 @@ class ConvBNReLU(nn.Module):
 class MSVE(nn.Module):
   """ResNet C2..C5 → FPN laterals → top-down sum → fusion → adaptive pool.
 
+  Reads from `cfg`: stage_sizes (ResNet blocks per stage), resnet_width (stem
+  width), d_v (FPN / fusion channels), pool_size (output grid side; tokens =
+  pool_size²) and compute_dtype.
+
   Attributes:
-    stage_sizes: ResNet blocks per stage.
-    width: ResNet stem width.
-    d_v: FPN / fusion channels.
-    pool_size: output grid side; tokens = pool_size².
-    dtype: computation dtype.
+    cfg: the model configuration.
   """
 
-  stage_sizes: Sequence[int]
-  width: int
-  d_v: int
-  pool_size: int = 7
-  dtype: Any = jnp.float32
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, images: Array, train: bool) -> Array:
     """[batch, H, W, 3] normalised images -> [batch, pool_size², d_v] tokens (raster order)."""
-    c2, c3, c4, c5 = resnet.ResNet(self.stage_sizes, self.width, self.dtype,
-                                   name="backbone")(images.astype(self.dtype), train)
-    lateral = lambda i, c: ConvBNReLU(self.d_v, 1, self.dtype, name=f"fpn_c{i}")(c, train)
+    cfg, dtype = self.cfg, self.cfg.compute_dtype
+    c2, c3, c4, c5 = resnet.ResNet(cfg.stage_sizes, cfg.resnet_width, dtype,
+                                   name="backbone")(images.astype(dtype), train)
+    lateral = lambda i, c: ConvBNReLU(cfg.d_v, 1, dtype, name=f"fpn_c{i}")(c, train)
     p5 = lateral(5, c5)
     p4 = lateral(4, c4) + upsample(p5, c4.shape[1:3])
     p3 = lateral(3, c3) + upsample(p4, c3.shape[1:3])
     p2 = lateral(2, c2) + upsample(p3, c2.shape[1:3])
     hw = p2.shape[1:3]
     fused = p2 + upsample(p3, hw) + upsample(p4, hw) + upsample(p5, hw)
-    fused = ConvBNReLU(self.d_v, 3, self.dtype, name="fusion")(fused, train)
-    pooled = resize_2d(fused, adaptive_pool_matrix, (self.pool_size, self.pool_size))
-    return pooled.reshape(pooled.shape[0], -1, self.d_v)
+    fused = ConvBNReLU(cfg.d_v, 3, dtype, name="fusion")(fused, train)
+    pooled = resize_2d(fused, adaptive_pool_matrix, (cfg.pool_size, cfg.pool_size))
+    return pooled.reshape(pooled.shape[0], -1, cfg.d_v)

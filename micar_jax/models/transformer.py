@@ -1,7 +1,6 @@
-"""Text embedding, encoder blocks and decoder blocks (REFERENCE_MODEL.md §3.4-3.10)."""
+"""Text embedding, encoder blocks and decoder blocks (docs/reference_model.md §3.4-3.10)."""
 
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -10,6 +9,7 @@ import numpy as np
 
 from micar_jax import sharding
 from micar_jax.models import attention, fusion, layers, moe
+from micar_jax.models.model_config import ModelConfig
 
 Array = jax.Array
 
@@ -27,52 +27,45 @@ def sinusoidal_table(length: int, d_model: int) -> np.ndarray:
 class TextEmbedding(nn.Module):
   """Embedding · sqrt(d_model) + sinusoidal PE + dropout.
 
+  Reads from `cfg`: vocab_size V, d_model, max_len (the PE table length,
+  text_seq_len), dropout and compute_dtype.
+
   Attributes:
-    vocab_size: V.
-    d_model: width.
-    max_len: PE table length (text_seq_len).
-    dropout: rate.
-    dtype: computation dtype.
+    cfg: the model configuration.
   """
 
-  vocab_size: int
-  d_model: int
-  max_len: int
-  dropout: float
-  dtype: Any = jnp.float32
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, ids: Array, train: bool, position: Array | None = None) -> Array:
     """[b, t] int ids -> [b, t, d_model]; `position` offsets the PE when decoding (t = 1)."""
+    c, dtype = self.cfg, self.cfg.compute_dtype
     table = self.param("embedding", layers.xavier_uniform((layers.VOCAB, layers.EMBED)),
-                       (self.vocab_size, self.d_model))
+                       (c.vocab_size, c.d_model))
     # Gather the (small) table whole before the lookup, rather than reshuffling activations
     # around an fsdp-sharded table.
     table = sharding.constrain(table, (None, None))
-    x = jnp.take(table, ids, axis=0).astype(self.dtype) * math.sqrt(self.d_model)
-    pe = jnp.asarray(sinusoidal_table(self.max_len, self.d_model))
+    x = jnp.take(table, ids, axis=0).astype(dtype) * math.sqrt(c.d_model)
+    pe = jnp.asarray(sinusoidal_table(c.max_len, c.d_model))
     start = 0 if position is None else position
     pe = jax.lax.dynamic_slice_in_dim(pe, start, ids.shape[1], axis=0)
-    return nn.Dropout(self.dropout)(x + pe.astype(self.dtype), deterministic=not train)
+    return nn.Dropout(c.dropout)(x + pe.astype(dtype), deterministic=not train)
 
 
 class EncoderBlock(nn.Module):
   """Pre-norm latent self-attention (no mask) + SwiGLU over image tokens.
 
   Attributes:
-    cfg: the model configuration (micar_jax.models.model.ModelConfig).
+    cfg: the model configuration.
   """
 
-  cfg: Any
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     """[b, n_img, d_model] -> [b, n_img, d_model]."""
     c = self.cfg
-    sa = attention.LatentSelfAttention(
-        num_heads=c.num_heads, d_latent=c.d_latent, qk_nope_dim=c.qk_nope_dim,
-        qk_rope_dim=c.qk_rope_dim, rope_theta=c.rope_theta, attention_dropout=c.attention_dropout,
-        dtype=c.compute_dtype, d_model=c.d_model, name="self_attention")
+    sa = attention.LatentSelfAttention(c, name="self_attention")
     x = x + sa(layers.RMSNorm(name="norm_sa")(x), None, train)
     ff = layers.SwiGLU(c.d_ff, c.act_fn, c.dropout, c.compute_dtype, name="ff")
     return x + ff(layers.RMSNorm(name="norm_ff")(x), train)
@@ -86,7 +79,7 @@ class DecoderBlock(nn.Module):
     decode: single-token decoding with caches.
   """
 
-  cfg: Any
+  cfg: ModelConfig
   decode: bool = False
 
   @nn.compact
@@ -105,17 +98,9 @@ class DecoderBlock(nn.Module):
       [b, t, d_model] and the MoE statistics.
     """
     c = self.cfg
-    sa = attention.LatentSelfAttention(
-        num_heads=c.num_heads, d_latent=c.d_latent, qk_nope_dim=c.qk_nope_dim,
-        qk_rope_dim=c.qk_rope_dim, rope_theta=c.rope_theta, attention_dropout=c.attention_dropout,
-        dtype=c.compute_dtype, d_model=c.d_model, decode=self.decode, max_len=c.max_len,
-        name="self_attention")
+    sa = attention.LatentSelfAttention(c, self.decode, name="self_attention")
     x = x + sa(layers.RMSNorm(name="norm_sa")(x), mask, train, position)
-    gf = fusion.GatedFusion(
-        d_model=c.d_model, d_latent=c.d_latent, num_heads=c.num_heads,
-        qk_nope_dim=c.qk_nope_dim, qk_rope_dim=c.qk_rope_dim, act_fn=c.act_fn,
-        attention_dropout=c.attention_dropout, dropout=c.dropout, rope_theta=c.rope_theta,
-        decode=self.decode, dtype=c.compute_dtype, name="gated_fusion")
+    gf = fusion.GatedFusion(c, self.decode, name="gated_fusion")
     x = x + gf(x, memory, train, position)
     experts = moe.MoE(
         num_experts=c.num_experts, top_k=c.top_k, d_ff=c.d_ff, act_fn=c.act_fn,

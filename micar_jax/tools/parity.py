@@ -2,6 +2,7 @@
 
   python -m micar_jax.tools.parity --reference_src=PATH [--config=configs/covctr.py]
       [--image_size=64] [--batch=2] [--vocab_size=229] [--decode_len=0]
+      [--train_steps=N [--train_dtype=float64] [--train_tolerance=1e-9]]
 
 PATH is a checkout of the reference code (github.com/AI-14/micar-vl-moe). Needs
 torch, torchvision, einops and rotary-embedding-torch (never project
@@ -16,6 +17,8 @@ random images and token ids:
   * greedy generation (micar_jax.decode, KV-cached) against the reference's
     `beam_search` (which computes greedy decoding: its beams never diverge),
     token by token.
+With --train_steps=N it compares N optimizer steps instead, in float64 by
+default (micar_jax.tools.parity_train).
 Exit status 0 when everything agrees, 1 otherwise, 2 for a usage problem.
 """
 
@@ -45,6 +48,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("decode_len", 0, "Greedy steps (0 = text_seq_len).")
   flags.DEFINE_integer("seed", 0, "Seed of the weights and inputs.")
   flags.DEFINE_float("tolerance", 1e-4, "Largest allowed max|Δlogits| / max|logits|.")
+  flags.DEFINE_integer("train_steps", 0, "Compare N optimizer steps instead of inference "
+                       "(micar_jax.tools.parity_train).")
+  flags.DEFINE_enum("train_dtype", "float64", ["float64", "float32"],
+                    "Precision of both sides for --train_steps.")
+  flags.DEFINE_float("train_tolerance", 1e-9, "Largest allowed per-tensor max|Δ| / max|ref| "
+                     "and relative loss difference after each train step.")
 
 
 
@@ -208,8 +217,14 @@ def main(argv: list[str]) -> None:
           file=sys.stderr)
     sys.exit(2)
   try:
-    ok = compare(f.reference_src, f.config, f.image_size, f.batch, f.vocab_size, f.decode_len,
-                 f.seed, f.tolerance)
+    if f.train_steps:
+      from micar_jax.tools import parity_train  # pylint: disable=g-import-not-at-top
+      ok = parity_train.compare_training(f.reference_src, f.config, f.image_size, f.batch,
+                                         f.vocab_size, f.seed, f.train_steps, f.train_dtype,
+                                         f.train_tolerance)
+    else:
+      ok = compare(f.reference_src, f.config, f.image_size, f.batch, f.vocab_size,
+                   f.decode_len, f.seed, f.tolerance)
   except (errors.UserError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

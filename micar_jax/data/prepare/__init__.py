@@ -1,32 +1,40 @@
 """`python -m micar_jax.data.prepare`: raw published datasets -> OUT/{train,val,test}.jsonl.
 
-Each line is `{"image": <absolute path or list of paths>, "report": <cleaned text>}`.
+Each line is `{"image": <path or list of paths, relative to OUT>, "report": <cleaned text>}`.
 Membership, order and text follow the reference preprocessors (R2Gen's split
 and cleaners for IU X-ray / MIMIC-CXR); rows the reference cannot use (missing
-or corrupt image, empty or non-text report, malformed record) are left out and
-reported, after the split so the other rows keep their reference split.
-OUT is written to a temporary sibling folder and renamed into place.
+or corrupt image, empty or non-text report, malformed record) are left out,
+after the split so the other rows keep their reference split, and listed in
+OUT/skipped.tsv. The raw layout each dataset needs is in docs/datasets.md.
+OUT is written to a temporary sibling folder and renamed into place; see
+`micar_jax.data.prepare.output` for what it holds.
 """
 
 import collections
 import dataclasses
+import importlib
 import json
 import os
 import shutil
 import sys
-import tempfile
 
 from micar_jax import errors
-from micar_jax.data.prepare import common, covctr, mmretinal, pgross, r2gen, roco
+from micar_jax.data import jsonl, registry
+from micar_jax.data.prepare import common, output
 
-DATASETS = ("covctr", "mmretinal", "pgross", "roco", "iu_xray", "mimic_cxr", "synthetic")
+# The `--dataset` choices, in registry order.
+DATASETS = tuple(registry.DATASETS)
 # Vocabulary threshold used for the coverage figure (the reference's min frequency).
 COVERAGE_MIN_FREQUENCY = 3
 
 
 @dataclasses.dataclass
 class Result:
-  """What `prepare` did: examples and left-out rows per split, and the summary lines."""
+  """What `prepare` did: examples and left-out rows per split, and the summary lines.
+
+  `summary` holds one line per split, then the left-out rows' summary (counts by
+  kind, the first few rows, the path of OUT/skipped.tsv).
+  """
   examples: dict[str, int]
   skipped: dict[str, int]
   bad_rows: list[tuple[str, str, str]]
@@ -44,7 +52,7 @@ def summarize(reports: dict[str, list[str]], min_frequency: int = COVERAGE_MIN_F
   counts = collections.Counter(t for r in reports["train"] for t in r.split())
   vocab = {t for t, c in counts.items() if c >= min_frequency}
   lines = []
-  for split in common.SPLITS:
+  for split in registry.SPLITS:
     tokens = [t for r in reports[split] for t in r.split()]
     coverage = sum(t in vocab for t in tokens) / len(tokens) if tokens else 0.0
     mean_len = len(tokens) / len(reports[split]) if reports[split] else 0.0
@@ -54,22 +62,9 @@ def summarize(reports: dict[str, list[str]], min_frequency: int = COVERAGE_MIN_F
   return lines
 
 
-def _load(dataset: str, raw_dir: str, bad: common.BadRows, stage: str,
-          out_dir: str) -> dict[str, list[common.Example]]:
-  if dataset == "covctr":
-    return covctr.load(raw_dir, bad)
-  if dataset == "mmretinal":
-    return mmretinal.load(raw_dir, bad)
-  if dataset == "pgross":
-    return pgross.load(raw_dir, bad)
-  if dataset == "roco":
-    return roco.load(raw_dir, bad, stage, out_dir)
-  return r2gen.load(raw_dir, bad, dataset)
-
-
 def _read_reports(out_dir: str) -> dict[str, list[str]]:
   out = {}
-  for split in common.SPLITS:
+  for split in registry.SPLITS:
     with open(os.path.join(out_dir, f"{split}.jsonl"), encoding="utf-8") as f:
       out[split] = [json.loads(line)["report"] for line in f if line.strip()]
   return out
@@ -84,8 +79,8 @@ def prepare_synthetic(out_dir: str, sizes: tuple[int, int, int], seed: int,
     raise errors.UserError(f"{out_dir} already exists and is not empty; remove it first")
   synthetic.generate(out_dir, tuple(sizes), seed, image_size)
   reports = _read_reports(out_dir)
-  return Result({s: len(r) for s, r in reports.items()}, {s: 0 for s in common.SPLITS}, [],
-                summarize(reports))
+  return Result({s: len(r) for s, r in reports.items()}, {s: 0 for s in registry.SPLITS}, [],
+                summarize(reports) + output.skipped_summary([], out_dir))
 
 
 def prepare(dataset: str, raw_dir: str, out_dir: str, strict: bool = False,
@@ -93,40 +88,48 @@ def prepare(dataset: str, raw_dir: str, out_dir: str, strict: bool = False,
   """Prepares one real dataset from its published files.
 
   Args:
-    dataset: one of DATASETS other than "synthetic".
-    raw_dir: the dataset as published (layout per dataset, see the module docs).
+    dataset: one of DATASETS that has a loader (all but "synthetic").
+    raw_dir: the dataset as published (layout per dataset: docs/datasets.md).
     out_dir: destination; must not exist or be empty. Written atomically.
     strict: the first bad row raises instead of being left out.
-    stream: where left-out rows are reported, one line each.
+    stream: where one-line notices go while preparing (absent optional parts,
+      how the images were placed).
 
   Returns:
-    counts per split, the left-out rows (split, file and row, reason) and summary lines.
+    counts per split, the left-out rows (split, file and row, reason) and the
+    summary lines (per split, then the left-out rows by kind).
 
   Raises:
     UserError: unknown dataset, unusable raw folder or output folder, or (strict) a bad row.
   """
-  if dataset not in DATASETS or dataset == "synthetic":
+  spec = registry.DATASETS.get(dataset)
+  if spec is None or not spec.loader:
     raise errors.UserError(f"--dataset must be one of {DATASETS}, got {dataset!r}")
   raw_dir, out_dir = os.path.abspath(raw_dir), os.path.abspath(out_dir)
   if not os.path.isdir(raw_dir):
     raise errors.UserError(f"--raw_dir {raw_dir} is not a folder")
   if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
     raise errors.UserError(f"{out_dir} already exists and is not empty; remove it first")
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.prepare-", dir=parent)
+  stage = jsonl.make_stage_dir(out_dir)
   try:
-    bad = common.BadRows(strict, stream)
-    examples = _load(dataset, raw_dir, bad, stage, out_dir)
-    for split in common.SPLITS:
-      with open(os.path.join(stage, f"{split}.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples[split])
+    bad = common.BadRows(strict)
+    request = common.Request(spec, raw_dir, stage, out_dir, stream)
+    # The registry names the loader module, so a new dataset needs no edit here.
+    examples = importlib.import_module(spec.loader).load(request, bad)
+    if bad.rows and not any(examples.values()):
+      raise errors.UserError(output.nothing_usable(bad.rows))
+    examples = output.place_images(examples, request)
+    output.write_jsonl(examples, stage)
+    output.write_skipped(bad.rows, stage)
     if os.path.isdir(out_dir):
       os.rmdir(out_dir)
     os.rename(stage, out_dir)
   except BaseException:
     shutil.rmtree(stage, ignore_errors=True)
     raise
-  summary = summarize({s: [e.report for e in examples[s]] for s in common.SPLITS})
-  return Result({s: len(examples[s]) for s in common.SPLITS},
-                {s: bad.count(s) for s in ("-",) + common.SPLITS}, bad.rows, summary)
+  summary = summarize({s: [e.report for e in examples[s]] for s in registry.SPLITS})
+  if not examples["train"]:
+    summary.append("warning: train is empty; this folder can be tested on, not trained on")
+  return Result({s: len(examples[s]) for s in registry.SPLITS},
+                {s: bad.count(s) for s in ("-",) + registry.SPLITS}, bad.rows,
+                summary + output.skipped_summary(bad.rows, out_dir))

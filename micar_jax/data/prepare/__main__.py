@@ -1,5 +1,8 @@
 """Command line: `python -m micar_jax.data.prepare --dataset=NAME --raw_dir=RAW --out_dir=OUT [--strict]`.
 
+RAW is the dataset as downloaded; docs/datasets.md gives, per dataset, where to
+get it and the exact files and folders RAW must hold. OUT gets
+{train,val,test}.jsonl, images/ and (when rows were left out) skipped.tsv.
 `--dataset=synthetic` takes `--sizes=TRAIN,VAL,TEST --seed=N --image_size=PX` instead of --raw_dir.
 """
 
@@ -8,13 +11,16 @@ import sys
 from absl import app, flags
 
 from micar_jax import errors
-from micar_jax.data import prepare
+from micar_jax.data import prepare, registry
 
 _DATASET = flags.DEFINE_enum("dataset", None, list(prepare.DATASETS), "Dataset to prepare.")
-_RAW_DIR = flags.DEFINE_string("raw_dir", None, "The dataset as published.")
+_RAW_DIR = flags.DEFINE_string(
+    "raw_dir", None, "The dataset as downloaded; the files it must hold, per dataset: "
+    "docs/datasets.md.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder (must not exist or be empty).")
 _STRICT = flags.DEFINE_bool("strict", False, "Fail on the first bad row instead of leaving it out.")
-_SIZES = flags.DEFINE_list("sizes", ["480", "64", "64"], "synthetic: train,val,test examples.")
+_SIZES = flags.DEFINE_list("sizes", list(map(str, registry.DATASETS["synthetic"].generated_sizes)),
+                          "synthetic: train,val,test examples.")
 _SEED = flags.DEFINE_integer("seed", 0, "synthetic: random seed.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "synthetic: image side in pixels.")
 
@@ -45,8 +51,6 @@ def main(argv) -> None:
     sys.exit(2)
   for line in result.summary:
     print(line)
-  print("left out: " + ", ".join(f"{s} {n}" for s, n in result.skipped.items()
-                                 if s != "-" or n) + f" (total {len(result.bad_rows)})")
 
 
 if __name__ == "__main__":

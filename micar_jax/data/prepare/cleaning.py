@@ -1,7 +1,7 @@
 """Report cleaners, character for character those of the reference preprocessors.
 
 Each function takes the raw report text and returns the cleaned text the
-reference writes to its CSVs. The rules are listed in REFERENCE_MODEL.md §10;
+reference writes to its CSVs. The rules are listed in docs/reference_model.md §10;
 quirks are kept on purpose because the official vocabularies and metric
 references were built from their output:
 

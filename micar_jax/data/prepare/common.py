@@ -14,12 +14,12 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from typing import TextIO
 
 from PIL import Image
 
 from micar_jax import errors
-
-SPLITS = ("train", "val", "test")
+from micar_jax.data import images, registry
 
 # pandas' default `na_values` (pandas 2.2): a field equal to one of these reads as NaN.
 PANDAS_NA = frozenset([
@@ -42,6 +42,29 @@ def is_na(value: object) -> bool:
 def na_to_none(value: str | None) -> str | None:
   """A CSV field as the reference sees it: None where pandas reads NaN."""
   return None if is_na(value) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One prepare run as the dataset's loader sees it: `load(request, bad)`.
+
+  Attributes:
+    dataset: the registry entry being prepared (name, images per example).
+    raw_dir: the dataset as published (absolute).
+    stage_dir: the temporary output folder being written; a loader that writes
+      images puts them here.
+    final_dir: where stage_dir is renamed to; a loader names the images it
+      writes by their path there.
+    stream: where `note` writes one-line notices (e.g. an optional part that is absent).
+  """
+  dataset: registry.Dataset
+  raw_dir: str
+  stage_dir: str
+  final_dir: str
+  stream: TextIO = sys.stderr
+
+  def note(self, text: str) -> None:
+    print(text, file=self.stream, flush=True)
 
 
 @dataclasses.dataclass
@@ -74,11 +97,14 @@ class Example:
 
 
 class BadRows:
-  """Collects left-out rows (file, row, reason); with strict=True the first one raises."""
+  """Collects left-out rows (split, file and row, reason); with strict=True the first one raises.
 
-  def __init__(self, strict: bool, stream=sys.stderr):
+  Rows are not printed one by one: `micar_jax.data.prepare.output` summarises
+  them by kind and writes the full list to OUT/skipped.tsv.
+  """
+
+  def __init__(self, strict: bool):
     self.strict = strict
-    self.stream = stream
     self.rows: list[tuple[str, str, str]] = []
 
   def add(self, split: str, where: str, reason: str) -> None:
@@ -86,7 +112,6 @@ class BadRows:
     if self.strict:
       raise BadRowError(f"{where}: {reason} (--strict)")
     self.rows.append((split, where, reason))
-    print(f"skipped [{split}] {where}: {reason}", file=self.stream)
 
   def count(self, split: str) -> int:
     return sum(1 for s, _, _ in self.rows if s == split)
@@ -182,14 +207,15 @@ def dropna_problem(fields: dict[str, str | None], columns: Iterable[str]) -> str
 
 
 def check_image(path: str) -> str | None:
-  """None if `path` is a readable image; otherwise the reason it is not."""
-  if not os.path.isfile(path):
-    return f"missing image {path}"
+  """None if `path` decodes as training will decode it (images.decode); otherwise why not.
+
+  The whole image is decoded (PIL's `verify()` would pass a truncated file),
+  so a file that fails here would fail in every epoch of training.
+  """
   try:
-    with Image.open(path) as img:
-      img.verify()
-  except IMAGE_ERRORS as e:
-    return f"corrupt image {path} ({type(e).__name__}: {e})"
+    images.decode(path)
+  except images.ImageError as e:
+    return str(e)
   return None
 
 
@@ -225,7 +251,7 @@ def finish_rows(rows_by_split: dict[str, list[Row]], bad: BadRows,
              for p in ([r.image] if isinstance(r.image, str) else r.image)]
     image_problems = check_images(paths)
   out = {}
-  for split in SPLITS:
+  for split in registry.SPLITS:
     examples = []
     for row in rows_by_split[split]:
       reason = row.problem

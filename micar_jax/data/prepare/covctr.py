@@ -19,12 +19,19 @@ def find_csv(raw_dir: str) -> str:
     path = os.path.join(raw_dir, name)
     if os.path.isfile(path):
       return path
-  raise errors.UserError(f"{raw_dir}: no {' or '.join(CSV_NAMES)} (COVCTR reports)")
+  others = sorted(f for f in os.listdir(raw_dir) if f.lower().endswith(".csv"))
+  found = f"; found {', '.join(others)}" if others else ""
+  raise errors.UserError(
+      f"{raw_dir}: no {CSV_NAMES[0]} (the complete COV-CTR report table, named exactly so; "
+      f"{CSV_NAMES[1]} is also accepted){found}. See docs/datasets.md")
 
 
-def load(raw_dir: str, bad: common.BadRows) -> dict[str, list[common.Example]]:
+def load(request: common.Request, bad: common.BadRows) -> dict[str, list[common.Example]]:
   """Reads, splits and checks COVCTR. Returns split -> examples in reference order."""
+  raw_dir = request.raw_dir
   path = find_csv(raw_dir)
+  if not os.path.isdir(os.path.join(raw_dir, "images")):
+    raise errors.UserError(f"{raw_dir}: no images/ folder (the COV-CTR CT images, named by image_id)")
   header, records = common.read_csv(path)
   common.require_columns(path, header, ("image_id", "reports_En"))
   # Columns the reference keeps besides image_id/findings: an NA there makes dropna() drop the row.

@@ -1,5 +1,7 @@
 """PEIR Gross: `RAW/images/` + `RAW/captions.json` (`{image_file: caption}`).
 
+The file may keep its published name `peir_gross_captions.json`.
+
 Reference: captions that are JSON null are dropped before the split
 (`dropna`); the rest take part in a 70/10/20 split (seed 1234); the text is
 the part after the last `:`.
@@ -10,14 +12,21 @@ import os
 
 from micar_jax.data.prepare import cleaning, common, split
 
+# The reference's name first, then the name it is published under.
+CAPTION_FILES = ("captions.json", "peir_gross_captions.json")
 
-def load(raw_dir: str, bad: common.BadRows) -> dict[str, list[common.Example]]:
+
+def load(request: common.Request, bad: common.BadRows) -> dict[str, list[common.Example]]:
   """Reads, splits and checks PEIR Gross. Returns split -> examples in reference order."""
-  path = os.path.join(raw_dir, "captions.json")
-  data = common.read_json_object(path, "PEIR Gross captions", "an object {image: caption}")
+  raw_dir = request.raw_dir
+  path = next((p for p in (os.path.join(raw_dir, n) for n in CAPTION_FILES) if os.path.isfile(p)),
+              os.path.join(raw_dir, CAPTION_FILES[0]))
+  data = common.read_json_object(
+      path, f"PEIR Gross captions; {CAPTION_FILES[1]} is also accepted",
+      "an object {image: caption}")
   rows = []
   for key, caption in data.items():
-    where = f"captions.json entry {key!r}"
+    where = f"{os.path.basename(path)} entry {key!r}"
     if caption is None or (isinstance(caption, float) and math.isnan(caption)):
       bad.add("-", where, "caption is null (the reference drops it before the split)")
       continue

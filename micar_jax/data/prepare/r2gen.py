@@ -1,8 +1,8 @@
 """IU X-ray and MIMIC-CXR in R2Gen's layout: `RAW/annotation.json` + `RAW/images/`.
 
-R2Gen's own train/val/test lists are kept in file order. IU X-ray examples
-have two views (`image_path[0]`, `image_path[1]`); MIMIC-CXR uses
-`image_path[0]`. Reports are cleaned with R2Gen's cleaner of each dataset.
+R2Gen's own train/val/test lists are kept in file order. An example's images
+are the first `num_views` (micar_jax.data.registry) entries of its
+`image_path`. Reports are cleaned with R2Gen's cleaner of each dataset.
 """
 
 import os
@@ -11,6 +11,7 @@ from micar_jax import errors
 from micar_jax.data.prepare import cleaning, common
 
 _R2GEN_KEYS = {"train": "train", "val": "val", "test": "test"}
+_CLEANERS = {"iu_xray": cleaning.clean_iu_xray, "mimic_cxr": cleaning.clean_mimic_cxr}
 
 
 def _split_lists(path: str, ann: dict) -> dict[str, list]:
@@ -30,12 +31,16 @@ def _split_lists(path: str, ann: dict) -> dict[str, list]:
   return out
 
 
-def load(raw_dir: str, bad: common.BadRows, dataset: str) -> dict[str, list[common.Example]]:
+def load(request: common.Request, bad: common.BadRows) -> dict[str, list[common.Example]]:
   """Reads `annotation.json` of "iu_xray" or "mimic_cxr". Returns split -> examples."""
+  raw_dir = request.raw_dir
   path = os.path.join(raw_dir, "annotation.json")
   ann = common.read_json_object(path, "R2Gen annotation", "an object with train/val/test lists")
-  views = 2 if dataset == "iu_xray" else 1
-  clean = cleaning.clean_iu_xray if dataset == "iu_xray" else cleaning.clean_mimic_cxr
+  if not os.path.isdir(os.path.join(raw_dir, "images")):
+    raise errors.UserError(f"{raw_dir}: no images/ folder (annotation.json's image_path "
+                           "entries are relative to it)")
+  views = request.dataset.num_views
+  clean = _CLEANERS[request.dataset.name]
   rows_by_split = {}
   for split, records in _split_lists(path, ann).items():
     rows = []
@@ -50,6 +55,6 @@ def load(raw_dir: str, bad: common.BadRows, dataset: str) -> dict[str, list[comm
                                f"malformed record: needs 'report' and {views} 'image_path' entries"))
         continue
       images = [os.path.join(raw_dir, "images", p) for p in paths[:views]]
-      rows.append(common.Row(where, images if views == 2 else images[0], rec["report"], clean))
+      rows.append(common.Row(where, images if views > 1 else images[0], rec["report"], clean))
     rows_by_split[split] = rows
   return common.finish_rows(rows_by_split, bad)

@@ -1,0 +1,105 @@
+"""One run folder's shared pieces, and testing its best checkpoint.
+
+`Run` is what training, testing, prediction and explanation all need: the
+config (with a converted model's vocabulary filled in), the tokenizer, the
+model config, the mesh and its logical rules, and the checkpoints.
+"""
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from micar_jax import checkpointing, errors, evaluate, sharding, steps
+from micar_jax import decode as decode_lib
+from micar_jax.data import input_pipeline
+from micar_jax.data import tokenizer as tokenizer_lib
+from micar_jax.metrics import scores as scores_lib
+from micar_jax.models import model as model_lib
+
+
+class Run:
+  """Everything one workdir's training, evaluation and prediction share.
+
+  Attributes:
+    config: the run's one config; a copy of the given one when a converted
+      model (config.init_from) supplies the vocabulary, else the given one.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    converted_vocab = os.path.join(config.init_from, "token2id.json")
+    if config.init_from and not config.data.vocab_path and os.path.exists(converted_vocab):
+      # A converted model carries its vocabulary (micar_jax.convert official).
+      config = config.copy_and_resolve_references()
+      config.data.vocab_path = converted_vocab
+    self.config, self.workdir = config, workdir
+    self.tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
+    self.model_config = model_lib.ModelConfig.from_config(config, self.tokenizer.vocab_size)
+    checkpointing.check_run_config(workdir, checkpointing.run_config_of(self.model_config))
+    devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
+    self.mesh = sharding.make_mesh(config, devices)
+    self.rules = sharding.logical_rules()
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self.checkpoints = checkpointing.Checkpoints(workdir)
+
+  def put(self, batch: dict[str, np.ndarray], pad: bool = True) -> dict[str, jax.Array]:
+    """Host batch (this process's rows) -> global arrays sharded over the batch axes.
+
+    With `pad`, rows are appended (zeros, valid=False) up to a multiple of the
+    mesh's batch shards, so any eval.batch_size works on any mesh; the outputs
+    then have extra rows at the end.
+    """
+    arrays = {k: v for k, v in batch.items() if isinstance(v, np.ndarray)}
+    return sharding.global_batch(arrays, self.mesh, pad=pad)
+
+  def abstract_variables(self) -> dict[str, Any]:
+    """Sharded ShapeDtypeStructs of {params, batch_stats} (a restore target)."""
+    init = steps.make_variables_init_fn(self.model_config, self.config.data.image_size)
+    return sharding.abstract_sharded(init, self.mesh, self.rules, jax.random.PRNGKey(0))
+
+  def generate_fn(self) -> Callable[[dict[str, Any], jax.Array], jax.Array]:
+    """(variables, images [b, H, W, 3] or [b, V, H, W, 3]) -> token ids [b, T]."""
+    fn = decode_lib.make_generate_fn(self.model_config, self.config.eval)
+    return lambda variables, images: fn(variables["params"], variables["batch_stats"], images)
+
+  def best_variables(self) -> dict[str, Any]:
+    """{params, batch_stats} of the best checkpoint, else of config.init_from."""
+    restored = self.checkpoints.restore_best(self.abstract_variables())
+    if restored is None and self.config.init_from:
+      from micar_jax import convert  # pylint: disable=g-import-not-at-top
+      return convert.load_model_init(self.config.init_from, self.abstract_variables())
+    if restored is None:
+      raise errors.UserError(f"workdir {self.workdir} has no best checkpoint yet; run "
+                             "--mode=train first (or pass --config.init_from=DIR)")
+    return restored[0]
+
+  def evaluate_split(self, variables: dict[str, Any], split: str, generate_fn: Callable,
+                     suites) -> tuple[list[dict], scores_lib.Scores]:
+    """Generates a report per example of `split` and scores them with `suites`."""
+    batches, rows = input_pipeline.make_eval_batches(self.config, self.tokenizer, split)
+    with sharding.use_mesh(self.mesh, self.rules):
+      examples = evaluate.generate_split(generate_fn, variables, batches, rows, self.tokenizer,
+                                         self.put, self.config.eval.keep_after_eos)
+    return examples, evaluate.score(examples, self.config, suites)
+
+
+def test_best(run: Run, generate_fn: Callable | None = None) -> dict[str, Any]:
+  """Tests the best checkpoint; writes test/generated_reports.csv and test/scores.json."""
+  generate_fn = generate_fn or run.generate_fn()
+  variables = run.best_variables()
+  examples, scores = run.evaluate_split(variables, "test", generate_fn, run.config.eval.suites)
+  raw = evaluate.score(examples, run.config, run.config.eval.suites, against="report")
+  out = {"label_references": scores.values, "raw_references": raw.values,
+         "skipped": scores.skipped, "partial": scores.partial, "num_examples": len(examples)}
+  test_dir = os.path.join(run.workdir, "test")
+  evaluate.write_reports_csv(os.path.join(test_dir, "generated_reports.csv"), examples)
+  evaluate.write_json(os.path.join(test_dir, "scores.json"), out)
+  logging.info("test: %s", scores.summary())
+  print(f"test scores: {json.dumps(scores.values)}")
+  print(f"reports: {os.path.join(test_dir, 'generated_reports.csv')}")
+  print(f"scores: {os.path.join(test_dir, 'scores.json')}")
+  return out

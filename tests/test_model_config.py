@@ -1,0 +1,50 @@
+"""ModelConfig: every field read from the config by name; compute-only fields marked once."""
+
+import dataclasses
+
+import pytest
+
+from micar_jax import checkpointing, defaults
+from micar_jax.models.model_config import ModelConfig
+
+DERIVED = {"vocab_size", "max_len", "stage_sizes", "num_views"}
+
+
+def test_fields_have_no_defaults_of_their_own():
+  for f in dataclasses.fields(ModelConfig):
+    assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, f.name
+
+
+def test_every_setting_comes_from_the_config():
+  c = defaults.tiny(defaults.base_config())
+  c.model.d_ff = 96
+  c.model.moe_combine = "weighted"
+  c.model.remat = True
+  mc = ModelConfig.from_config(c, 17)
+  for f in dataclasses.fields(ModelConfig):
+    if f.name not in DERIVED:
+      assert getattr(mc, f.name) == c.model[f.name], f.name
+  assert (mc.vocab_size, mc.max_len, mc.stage_sizes, mc.num_views) == (
+      17, c.data.text_seq_len, (1, 1, 1, 1), c.data.num_views)
+  hash(mc)  # a static argument of jitted functions
+
+
+def test_stage_sizes_follow_resnet_depth_and_vocab_size_the_config():
+  c = defaults.base_config()
+  c.model.vocab_size = 40
+  mc = ModelConfig.from_config(c)
+  assert mc.stage_sizes == defaults.RESNET_STAGES[101] and mc.vocab_size == 40
+  c.model.resnet_depth = 34
+  with pytest.raises(ValueError, match="unknown resnet_depth 34"):
+    ModelConfig.from_config(c)
+
+
+def test_run_config_leaves_out_exactly_the_compute_only_fields():
+  mc = ModelConfig.from_config(defaults.tiny(defaults.base_config()), 17)
+  assert ModelConfig.compute_only_fields() == {
+      "attention_dropout", "dropout", "capacity_factor", "moe_impl", "dtype", "remat"}
+  run = checkpointing.run_config_of(mc)
+  assert set(run) == {f.name for f in dataclasses.fields(mc)} - mc.compute_only_fields()
+  assert run["stage_sizes"] == [1, 1, 1, 1]  # JSON-shaped
+  assert checkpointing.run_config_of(dataclasses.replace(mc, dtype="bfloat16", remat=True)) == run
+  assert checkpointing.run_config_of(dataclasses.replace(mc, d_ff=96)) != run
