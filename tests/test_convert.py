@@ -6,6 +6,7 @@ RoPE on the first half of the rope slice, unweighted top-k expert sum), and fed
 the numpy state dict; our modules get the converted variables.
 """
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -221,8 +222,7 @@ def test_stacked_experts_match_reference(setup):
                     * np_linear(tokens, g(f"experts.{e}.w3.weight")), g(f"experts.{e}.w2.weight"))
     ref += ffn * np.any(top == e, axis=-1, keepdims=True)
   mean_p = probs.mean(0)
-  module = moe.MoE(num_experts=mc.num_experts, top_k=mc.top_k, d_ff=mc.d_ff, act_fn="silu",
-                   dropout=0.0)
+  module = moe.MoE(dataclasses.replace(mc, act_fn="silu", dropout=0.0, moe_impl="sort"))
   ours, stats = module.apply({"params": params["decoder_0"]["moe"]}, x, False)
   np.testing.assert_allclose(np.asarray(ours)[0], ref, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(float(stats["aux"]), np.sum(mean_p * np.log(mean_p + 1e-8)),

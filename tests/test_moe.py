@@ -1,12 +1,15 @@
 """Sparse MoE against a dense per-expert loop; capacity, drops and auxiliary losses."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from micar_jax.models import layers, moe, routing
+from micar_jax import defaults
+from micar_jax.models import layers, model_config, moe, routing
 
 E, K, D, F = 4, 2, 8, 16
 
@@ -28,8 +31,10 @@ def dense_loop(params, x, combine, act="silu"):
 
 
 def make(combine="sum", impl="sort", capacity_factor=-1.0, aux="entropy"):
-  layer = moe.MoE(num_experts=E, top_k=K, d_ff=F, act_fn="silu", dropout=0.0, combine=combine,
-                  aux_loss=aux, capacity_factor=capacity_factor, impl=impl)
+  tiny = model_config.ModelConfig.from_config(defaults.tiny(defaults.base_config()), 11)
+  layer = moe.MoE(dataclasses.replace(
+      tiny, num_experts=E, top_k=K, d_ff=F, act_fn="silu", dropout=0.0, moe_combine=combine,
+      moe_aux_loss=aux, capacity_factor=capacity_factor, moe_impl=impl))
   x = jnp.asarray(np.random.RandomState(0).randn(3, 5, D).astype(np.float32))
   params = nn.meta.unbox(layer.init(jax.random.PRNGKey(1), x, False))["params"]
   return layer, params, x
@@ -106,6 +111,6 @@ def test_every_impl_is_in_the_dispatch_table_and_others_are_errors():
   assert set(moe.DISPATCH) == {"sort", "einsum", "expert_parallel"}
   layer, params, x = make()
   with pytest.raises(ValueError, match="unknown moe_impl 'dense'"):
-    layer.clone(impl="dense").apply({"params": params}, x, False)
+    layer.clone(cfg=dataclasses.replace(layer.cfg, moe_impl="dense")).apply({"params": params}, x, False)
   with pytest.raises(ValueError, match="unknown moe_combine 'max'"):
-    layer.clone(combine="max").apply({"params": params}, x, False)
+    layer.clone(cfg=dataclasses.replace(layer.cfg, moe_combine="max")).apply({"params": params}, x, False)

@@ -1,5 +1,6 @@
 """Expert-parallel MoE on 8 simulated devices against the one-device MoE."""
 
+import dataclasses
 import re
 
 import flax.linen as nn
@@ -23,8 +24,10 @@ def mesh_of(devices=None, **sizes):
 
 
 def layer(impl, combine="sum", capacity_factor=-1.0, dropout=0.0):
-  return moe.MoE(num_experts=E, top_k=K, d_ff=F, act_fn="silu", dropout=dropout, combine=combine,
-                 capacity_factor=capacity_factor, impl=impl)
+  tiny = model_lib.ModelConfig.from_config(defaults.tiny(defaults.base_config()), 11)
+  return moe.MoE(dataclasses.replace(
+      tiny, num_experts=E, top_k=K, d_ff=F, act_fn="silu", dropout=dropout, moe_combine=combine,
+      capacity_factor=capacity_factor, moe_impl=impl))
 
 
 def inputs(batch=8, tokens=5):

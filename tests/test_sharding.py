@@ -1,5 +1,7 @@
 """Mesh construction, logical rules on the tiny model, sharded init and batch assembly."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -99,7 +101,9 @@ def test_every_spec_is_valid_for_its_shape(tiny_abstract_state):
 
 
 def moe_init_fn(tx):
-  layer = moe.MoE(num_experts=4, top_k=2, d_ff=16, act_fn="silu", dropout=0.0)
+  tiny = model_lib.ModelConfig.from_config(defaults.tiny(defaults.base_config()), 11)
+  layer = moe.MoE(dataclasses.replace(tiny, num_experts=4, top_k=2, d_ff=16, act_fn="silu",
+                                      dropout=0.0, moe_impl="sort"))
 
   def init(rng):
     params = layer.init(rng, jnp.zeros((2, 3, 8)), False)["params"]

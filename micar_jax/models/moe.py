@@ -1,7 +1,7 @@
 """Sparse mixture of SwiGLU experts with top-k routing.
 
 Routing (router logits, top-k, auxiliary losses, capacity) is `routing`'s; the
-sparse compute is one of the `DISPATCH` implementations, chosen by `impl`:
+sparse compute is one of the `DISPATCH` implementations, chosen by `moe_impl`:
 
   * "sort": assignments sorted by expert, `jax.lax.ragged_dot` (moe_dispatch.py);
   * "einsum": fixed-capacity dispatch/combine tensors, GShard style (moe_dispatch.py);
@@ -14,13 +14,12 @@ which expert_parallel counts per shard). Dropped assignments contribute zero
 named `expert`.
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from micar_jax.models import layers, moe_dispatch, moe_parallel, routing
+from micar_jax.models.model_config import ModelConfig
 
 Array = jax.Array
 
@@ -42,29 +41,15 @@ def dispatch_fn(impl: str) -> moe_dispatch.Dispatch:
 class MoE(nn.Module):
   """Top-k routed SwiGLU experts.
 
-  Attributes:
-    num_experts: E.
-    top_k: k.
-    d_ff: expert hidden width.
-    act_fn: activation name.
-    dropout: dropout on each expert's output (per token and choice).
-    combine: "sum" (reference) or "weighted"; see `routing.combine_weights`.
-    aux_loss: "entropy" (reference) or "switch"; see `routing.aux_losses`.
-    capacity_factor: <= 0 for dropless, else slots = ceil(cf · tokens · k / E).
-    impl: a `DISPATCH` name: "sort", "einsum" or "expert_parallel".
-    dtype: computation dtype; the router runs in float32.
+  Reads cfg.num_experts (E), top_k (k), d_ff, act_fn, dropout (on each expert's
+  output, per token and choice), moe_combine ("sum" as the reference, or
+  "weighted"; see `routing.combine_weights`), moe_aux_loss ("entropy" or
+  "switch"; see `routing.aux_losses`), capacity_factor (<= 0 dropless, else
+  slots = ceil(cf · tokens · k / E)), moe_impl (a `DISPATCH` name) and the
+  compute dtype (the router runs in float32).
   """
 
-  num_experts: int
-  top_k: int
-  d_ff: int
-  act_fn: str
-  dropout: float
-  combine: str = "sum"
-  aux_loss: str = "entropy"
-  capacity_factor: float = -1.0
-  impl: str = "sort"
-  dtype: Any = jnp.float32
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
@@ -81,25 +66,26 @@ class MoE(nn.Module):
       y [batch, tokens, d_model] and stats {"aux", "z", "load" [E], "dropped"}.
     """
     b, t, d = x.shape
-    e = self.num_experts
-    dispatch = dispatch_fn(self.impl)
+    c = self.cfg
+    e = c.num_experts
+    dispatch = dispatch_fn(c.moe_impl)
     tokens = x.reshape(b * t, d)
     router = self.param("router", layers.xavier_uniform((layers.EMBED, None)), (d, e))
     logits = routing.router_logits(tokens, router)
-    probs, gates, ids = routing.route(logits, self.top_k)
-    self.sow(routing.COLLECTION, routing.EXPERTS, ids.reshape(b, t, self.top_k))
-    stats = routing.aux_losses(logits, probs, ids, self.aux_loss)
-    weights = routing.combine_weights(gates, self.combine)
+    probs, gates, ids = routing.route(logits, c.top_k)
+    self.sow(routing.COLLECTION, routing.EXPERTS, ids.reshape(b, t, c.top_k))
+    stats = routing.aux_losses(logits, probs, ids, c.moe_aux_loss)
+    weights = routing.combine_weights(gates, c.moe_combine)
 
     init = layers.xavier_uniform
-    w1 = self.param("w1", init((layers.EXPERT, layers.EMBED, layers.MLP), (0,)), (e, d, self.d_ff))
-    w3 = self.param("w3", init((layers.EXPERT, layers.EMBED, layers.MLP), (0,)), (e, d, self.d_ff))
-    w2 = self.param("w2", init((layers.EXPERT, layers.MLP, layers.EMBED), (0,)), (e, self.d_ff, d))
-    experts = tuple(w.astype(self.dtype) for w in (w1, w3, w2))
-    out, stats["dropped"] = dispatch(tokens.astype(self.dtype), ids, experts,
-                                     layers.activation(self.act_fn), self.capacity_factor)
+    w1 = self.param("w1", init((layers.EXPERT, layers.EMBED, layers.MLP), (0,)), (e, d, c.d_ff))
+    w3 = self.param("w3", init((layers.EXPERT, layers.EMBED, layers.MLP), (0,)), (e, d, c.d_ff))
+    w2 = self.param("w2", init((layers.EXPERT, layers.MLP, layers.EMBED), (0,)), (e, c.d_ff, d))
+    experts = tuple(w.astype(c.compute_dtype) for w in (w1, w3, w2))
+    out, stats["dropped"] = dispatch(tokens.astype(c.compute_dtype), ids, experts,
+                                     layers.activation(c.act_fn), c.capacity_factor)
     # One dropout over every impl's [tokens, k, d] outputs, outside any shard_map: with
     # partitionable threefry its mask depends on the rng only, not on the mesh.
-    out = nn.Dropout(self.dropout)(out, deterministic=not train)
+    out = nn.Dropout(c.dropout)(out, deterministic=not train)
     y = jnp.einsum("nkd,nk->nd", out, weights.astype(out.dtype))
     return y.reshape(b, t, d).astype(x.dtype), stats

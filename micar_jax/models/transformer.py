@@ -102,9 +102,5 @@ class DecoderBlock(nn.Module):
     x = x + sa(layers.RMSNorm(name="norm_sa")(x), mask, train, position)
     gf = fusion.GatedFusion(c, self.decode, name="gated_fusion")
     x = x + gf(x, memory, train, position)
-    experts = moe.MoE(
-        num_experts=c.num_experts, top_k=c.top_k, d_ff=c.d_ff, act_fn=c.act_fn,
-        dropout=c.dropout, combine=c.moe_combine, aux_loss=c.moe_aux_loss,
-        capacity_factor=c.capacity_factor, impl=c.moe_impl, dtype=c.compute_dtype, name="moe")
-    y, stats = experts(layers.RMSNorm(name="norm_moe")(x), train)
+    y, stats = moe.MoE(c, name="moe")(layers.RMSNorm(name="norm_moe")(x), train)
     return x + y, stats
