@@ -8,12 +8,18 @@ Layout under the workdir:
 
 Saves are atomic (Orbax writes to a temporary folder and renames), so a run
 killed mid-save restarts from the previous complete checkpoint. No pickle.
+A save that runs out of disk space removes its temporary folder and raises
+`DiskFullError` (one line); the previous checkpoint stays the latest.
 """
 
+import contextlib
 import dataclasses
+import glob
 import json
+import logging
 import os
-from typing import Any
+import shutil
+from typing import Any, Iterator
 
 import grain
 import jax
@@ -22,6 +28,44 @@ import orbax.checkpoint as ocp
 from micar_jax import errors
 
 RUN_CONFIG = "run_config.json"
+
+
+class DiskFullError(errors.UserError):
+  """A checkpoint save ran out of disk space; the previous checkpoint is intact."""
+
+
+class _WithoutOrbaxErrors(logging.Filter):
+  """Drops Orbax's error records during a save: each repeats a worker thread's traceback.
+
+  The failed save raises the same error in the caller, which reports it once.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR or "orbax" not in record.pathname
+
+
+@contextlib.contextmanager
+def _saving(manager: ocp.CheckpointManager, step: int, kind: str) -> Iterator[None]:
+  """Runs one save; a full disk becomes a DiskFullError and leaves no partial folder."""
+  quiet = _WithoutOrbaxErrors()
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(quiet)
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if not errors.is_disk_full(e):
+      raise
+    directory = os.fspath(manager.directory)
+    for partial in glob.glob(os.path.join(directory, f"{step}.orbax-checkpoint-tmp*")):
+      shutil.rmtree(partial, ignore_errors=True)
+    kept = [s for s in manager.all_steps() if s != step]
+    previous = (f"the {kind} checkpoint of step {max(kept)} is intact" if kept
+                else f"there is no earlier {kind} checkpoint")
+    raise DiskFullError(
+        f"saving the {kind} checkpoint of step {step} failed: No space left on device in "
+        f"{directory}; {previous}: free some space and rerun the same command to resume") from None
+  finally:
+    absl_logger.removeFilter(quiet)
 
 
 def _manager(directory: str, items: tuple[str, ...], keep: int) -> ocp.CheckpointManager:
@@ -43,8 +87,9 @@ class Checkpoints:
     args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
     _replace_step(self.latest, step)
-    self.latest.save(step, args=ocp.args.Composite(**args), force=True)
-    self.latest.wait_until_finished()
+    with _saving(self.latest, step, "latest"):
+      self.latest.save(step, args=ocp.args.Composite(**args), force=True)
+      self.latest.wait_until_finished()
 
   def restore_latest(self, abstract_state: Any, data_iter: Any) -> tuple[Any, dict[str, Any]] | None:
     """Restores (state, meta) into `abstract_state`'s shapes/shardings; the iterator in place."""
@@ -60,9 +105,10 @@ class Checkpoints:
   def save_best(self, step: int, variables: dict[str, Any], meta: dict[str, Any]) -> None:
     """Keeps only the best model's params and batch statistics."""
     _replace_step(self.best, step)
-    self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)), force=True)
-    self.best.wait_until_finished()
+    with _saving(self.best, step, "best"):
+      self.best.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)), force=True)
+      self.best.wait_until_finished()
 
   def restore_best(self, abstract_variables: dict[str, Any]) -> tuple[dict[str, Any], dict] | None:
     """(variables, meta) of the best checkpoint, or None when there is none yet."""

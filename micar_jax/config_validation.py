@@ -115,7 +115,8 @@ RULES: tuple[Rule, ...] = (
     _choice("model.resnet_depth", (50, 101, 152)),
     _int_tuple("model.resnet_stages", None, "() or stage sizes >= 1, e.g. (1, 1, 1, 1)"),
     _num("model.resnet_width", int, 1),
-    _path("model.vision_init_from"),
+    # Checked when training starts, where a missing folder names the convert command.
+    _text("model.vision_init_from"),
     _num("model.d_v", int, 1),
     _num("model.pool_size", int, 1),
     _num("model.d_model", int, 1),
@@ -166,6 +167,8 @@ RULES: tuple[Rule, ...] = (
     _choice("eval.coco_tokenize", ("whitespace", "jury")),
     _num("eval.meteor_timeout_s", float, 0, lo_open=True),
     _text("eval.ratescore_dir"),
+    _choice("eval.rouge_aggregate", ("bootstrap", "mean")),
+    _choice("eval.val_loss_mean", ("batch", "token")),
     _index_or_mean("eval.explain_layers"),
     _index_or_mean("eval.explain_heads"),
     _num("eval.explain_max_words", int, 1),

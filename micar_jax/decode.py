@@ -42,22 +42,25 @@ METHODS = ("greedy", "greedy_uncached", "beam")
 NEG = -1e9
 
 
-def greedy_search(start_fn: StartFn, step_fn: StepFn, batch_size: int, max_len: int
-                  ) -> tuple[Array, Any]:
+def greedy_search(start_fn: StartFn, step_fn: StepFn, batch_size: int, max_len: int,
+                  valid: Array | None = None) -> tuple[Array, Any]:
   """Greedy decoding with the reference's stopping rule.
 
-  Runs up to max_len steps; stops early only when every row emits `<eos>` at
-  the same step. Tokens after a row's first `<eos>` are kept.
+  Runs up to max_len steps; stops early only when every valid row emits `<eos>`
+  at the same step. Tokens after a row's first `<eos>` are kept. `valid`
+  [batch_size] bool (default all True) marks padding rows, which must not
+  keep the loop running (the reference's batches hold no padding).
 
   Returns:
     ids [batch_size, max_len + 1] (`<sos>`, the chosen tokens, `<pad>` after a
     stop) and the final cache (which carries whatever step_fn records).
   """
   ids = jnp.full((batch_size, max_len + 1), PAD, jnp.int32).at[:, 0].set(SOS)
+  ignored = _padding(valid, batch_size)
 
   def choose(ids, logits, t):
     token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return ids.at[:, t + 1].set(token), jnp.all(token == EOS)
+    return ids.at[:, t + 1].set(token), jnp.all((token == EOS) | ignored)
 
   logits, cache = start_fn(ids[:, 0])
   ids, done = choose(ids, logits, 0)
@@ -73,13 +76,20 @@ def greedy_search(start_fn: StartFn, step_fn: StepFn, batch_size: int, max_len: 
   return ids, cache
 
 
+def _padding(valid: Array | None, batch_size: int) -> Array:
+  """[batch_size] bool: True for rows whose output nobody reads."""
+  if valid is None:
+    return jnp.zeros((batch_size,), bool)
+  return ~jnp.asarray(valid, bool)
+
+
 def length_penalty(length: Array, alpha: float) -> Array:
   """GNMT's ((5 + length) / 6) ** alpha; 1 when alpha is 0."""
   return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
 
 
 def beam_search(start_fn: StartFn, step_fn: StepFn, batch_size: int, max_len: int,
-                beam_width: int, alpha: float = 0.0) -> Array:
+                beam_width: int, alpha: float = 0.0, valid: Array | None = None) -> Array:
   """Beam search over one pool of live and finished beams.
 
   A beam that emits `<eos>` is frozen: its only continuation is `<pad>` at no
@@ -92,6 +102,7 @@ def beam_search(start_fn: StartFn, step_fn: StepFn, batch_size: int, max_len: in
     ids [batch_size, max_len + 1] of the best beam per example (`<pad>` after `<eos>`).
   """
   b, k = batch_size, beam_width
+  ignored = _padding(valid, b)
   logits, cache = start_fn(jnp.full((b,), SOS, jnp.int32))
   expand = lambda x: jnp.repeat(x, k, axis=0)
   logits, cache = expand(logits), jax.tree.map(expand, cache)
@@ -126,7 +137,7 @@ def beam_search(start_fn: StartFn, step_fn: StepFn, batch_size: int, max_len: in
     norm = normalised(scores, finished, lengths)
     best_finished = jnp.max(jnp.where(finished, norm, -jnp.inf), axis=1)
     best_live = jnp.max(jnp.where(finished, -jnp.inf, norm), axis=1)
-    return jnp.all(best_finished >= best_live)
+    return jnp.all((best_finished >= best_live) | ignored)
 
   beams = advance(logits, 0, seqs, scores, finished, lengths, cache)
 
@@ -230,22 +241,25 @@ def _compiled(mc: model_lib.ModelConfig, method: str, beam_width: int, alpha: fl
   if method == "beam" and beam_width < 1:
     raise ValueError(f"eval.beam_width must be >= 1, got {beam_width}")
 
-  def generate_ids(params, batch_stats, images):
+  def generate_ids(params, batch_stats, images, valid=None):
     memory = encode(mc, params, batch_stats, images)
     b = memory.shape[0]
     if method == "greedy_uncached":
-      return greedy_search(*uncached_fns(mc, params, memory), b, mc.max_len)[0]
+      return greedy_search(*uncached_fns(mc, params, memory), b, mc.max_len, valid)[0]
     fns = model_fns(mc, params, memory)
     if method == "greedy":
-      return greedy_search(*fns, b, mc.max_len)[0]
-    return beam_search(*fns, b, mc.max_len, beam_width, alpha)
+      return greedy_search(*fns, b, mc.max_len, valid)[0]
+    return beam_search(*fns, b, mc.max_len, beam_width, alpha, valid)
 
   return jax.jit(generate_ids)
 
 
 def make_generate_fn(mc: model_lib.ModelConfig, decode_cfg: ml_collections.ConfigDict
-                     ) -> Callable[[Any, Any, Array], Array]:
-  """A jitted (params, batch_stats, images [b,(V,)H,W,3]) -> ids [b, max_len + 1].
+                     ) -> Callable[..., Array]:
+  """A jitted (params, batch_stats, images [b,(V,)H,W,3], valid [b] = all) -> ids [b, max_len + 1].
+
+  Rows with valid=False (the padding of a last batch) never change the other
+  rows' reports; their own ids are meaningless.
 
   Args:
     mc: model configuration (its max_len = text_seq_len is the step count).
@@ -256,9 +270,9 @@ def make_generate_fn(mc: model_lib.ModelConfig, decode_cfg: ml_collections.Confi
                    float(decode_cfg.length_penalty))
 
 
-def generate(config: ml_collections.ConfigDict, params: Any, batch_stats: Any, images: Array
-             ) -> Array:
+def generate(config: ml_collections.ConfigDict, params: Any, batch_stats: Any, images: Array,
+             valid: Array | None = None) -> Array:
   """Generates report ids [b, text_seq_len + 1] for images with the method config.eval names."""
   vocab = config.model.vocab_size or nn.meta.unbox(params)["gen_logits"]["kernel"].shape[-1]
   mc = model_lib.ModelConfig.from_config(config, vocab)
-  return make_generate_fn(mc, config.eval)(params, batch_stats, images)
+  return make_generate_fn(mc, config.eval)(params, batch_stats, images, valid)

@@ -11,6 +11,11 @@ from micar_jax.data import registry
 
 # ResNet stage sizes by depth (bottleneck blocks, torchvision v1.5).
 RESNET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+# Where the dataset configs look for torchvision's ResNet-101 IMAGENET1K_V2 weights,
+# converted with `python -m micar_jax.convert torchvision-resnet` (the reference's start).
+IMAGENET_RESNET101 = "weights/resnet101_imagenet1k_v2"
+# model.vision_init_from value that trains the ResNet from random weights.
+SCRATCH = "scratch"
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -66,7 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.resnet_stages = ()
   # Stem width of the ResNet (64 in torchvision; stage widths are 1x,2x,4x,8x).
   c.model.resnet_width = 64
-  # Directory of converted torchvision ResNet weights ("" = random init).
+  # Directory of converted torchvision ResNet weights; "" or "scratch" = random init.
+  # The dataset configs expect ImageNet weights at IMAGENET_RESNET101 (the reference's start).
   c.model.vision_init_from = ""
   # FPN / fusion channel width d_v (visual token size).
   c.model.d_v = 2048
@@ -141,6 +147,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   # Save the latest checkpoint every this many steps (and at each epoch end).
   c.train.checkpoint_every = 200
+  # Non-finite steps (loss, gradient or update) whose update is skipped before training
+  # stops with an error; 0 = stop at the first one. The skips are counted in metrics.jsonl.
+  c.train.skip_nonfinite_steps = 0
   # Keep the last partial training batch (reference) instead of dropping it.
   c.train.keep_last_partial_batch = False
   # Metric suite that scores the validation set for checkpoint selection (metrics/scores.py).
@@ -167,8 +176,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.wordnet_dir = "~/.cache/micar_jax/nltk_data"
   # Tokenisation for the coco suite: "whitespace" (as decoded) or "jury".
   c.eval.coco_tokenize = "whitespace"
+  # Longest wait (s) for one reply of Java METEOR (coco suite; the first includes the JVM's
+  # start-up); a JVM that stalls past it, or dies, is killed and coco/meteor is skipped.
+  c.eval.meteor_timeout_s = 300.0
   # Folder with the RaTEScore model folders; "" skips RaTEScore.
   c.eval.ratescore_dir = ""
+  # ref/rougeL: "bootstrap" = jury's median of 1000 resampled means (the reference's value),
+  # "mean" = plain mean over pairs.
+  c.eval.rouge_aggregate = "bootstrap"
+  # Logged validation loss: "batch" = mean of per-batch losses (the reference's),
+  # "token" = CE averaged over all of the split's tokens (+ mean aux terms).
+  c.eval.val_loss_mean = "batch"
 
   # --mode=explain: decoder layer whose cross-attention is shown ("mean" or an index).
   c.eval.explain_layers = "mean"
@@ -199,6 +217,7 @@ def reference_config(dataset: str, *, num_layers: int, act_fn: str, text_seq_len
   """The base config with a run script's per-dataset settings (docs/reference_model.md §6)."""
   c = base_config()
   c.dataset = dataset
+  c.model.vision_init_from = IMAGENET_RESNET101
   c.data.num_views = registry.DATASETS[dataset].num_views
   c.data_dir = f"data/{dataset}"
   c.data.text_seq_len = text_seq_len
@@ -211,7 +230,11 @@ def reference_config(dataset: str, *, num_layers: int, act_fn: str, text_seq_len
 
 
 def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks a config to the test size: stages (1,1,1,1), width 8, 32 px."""
+  """Shrinks a config to the test size: stages (1,1,1,1), width 8, 32 px, from scratch.
+
+  No ImageNet start: ResNet-101 weights do not fit the shrunken backbone.
+  """
+  c.model.vision_init_from = SCRATCH
   c.data.image_size = 32
   c.data.resize_size = 36
   c.model.resnet_stages = (1, 1, 1, 1)

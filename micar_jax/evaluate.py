@@ -21,17 +21,41 @@ def to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+VAL_LOSS_MEANS = ("batch", "token")
+
+
 def validation_loss(eval_step: Callable, variables: Any, batches: Iterable[dict],
-                    put: Callable) -> float:
-  """Teacher-forced loss over a split: token-mean CE + mean weighted aux terms."""
-  ce_sum, tokens, aux, n = 0.0, 0.0, 0.0, 0
+                    put: Callable, mean: str = "batch") -> float:
+  """Teacher-forced loss over a split (CE over valid rows' label tokens + weighted aux terms).
+
+  Args:
+    mean: "batch": the mean over batches of each batch's loss (its token-mean CE
+      plus its aux terms), as the reference logs it; "token": CE averaged over
+      all the split's tokens plus the mean aux terms. Batches without a valid
+      label token (all padding) count in neither.
+  """
+  if mean not in VAL_LOSS_MEANS:
+    raise ValueError(f"eval.val_loss_mean={mean!r}; expected one of {VAL_LOSS_MEANS}")
+  ce_sum, tokens, aux, batch_losses = 0.0, 0.0, 0.0, []
   for batch in batches:
-    out = eval_step(variables, put(batch))
+    out = jax.device_get(eval_step(variables, put(batch)))
+    if float(out["tokens"]) == 0:
+      continue
     ce_sum += float(out["ce_sum"])
     tokens += float(out["tokens"])
     aux += float(out["aux"])
-    n += 1
-  return ce_sum / max(tokens, 1.0) + aux / max(n, 1)
+    batch_losses.append(float(out["ce_sum"]) / float(out["tokens"]) + float(out["aux"]))
+  if not batch_losses:
+    return 0.0
+  if mean == "batch":
+    return sum(batch_losses) / len(batch_losses)
+  return ce_sum / tokens + aux / len(batch_losses)
+
+
+def device_images(put: Callable, batch: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
+  """(images, valid) of a host batch on the mesh; padding rows (valid=False) never steer decoding."""
+  arrays = put({"images": batch["images"], "valid": batch["valid"]})
+  return arrays["images"], arrays["valid"]
 
 
 def generate_split(generate_fn: Callable, variables: Any, batches: Iterable[dict],
@@ -46,7 +70,7 @@ def generate_split(generate_fn: Callable, variables: Any, batches: Iterable[dict
   decode = tokenizer.decode if keep_after_eos else tokenizer.decode_clean
   out: dict[int, dict[str, Any]] = {}
   for batch in batches:
-    ids = to_host(generate_fn(variables, put({"images": batch["images"]})["images"]))
+    ids = to_host(generate_fn(variables, *device_images(put, batch)))
     labels = batch["labels"]
     for row, (index, valid) in enumerate(zip(batch["index"], batch["valid"])):
       if not valid:
@@ -64,7 +88,8 @@ def score(examples: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
   return scores_lib.compute_scores(
       [e["generated"] for e in examples], [e[against] for e in examples], suites=tuple(suites),
       wordnet_dir=os.path.expanduser(config.eval.wordnet_dir) or None, coco_tokenize=config.eval.coco_tokenize,
-      ratescore_dir=config.eval.ratescore_dir or None)
+      ratescore_dir=config.eval.ratescore_dir or None,
+      meteor_timeout_s=config.eval.meteor_timeout_s, rouge_aggregate=config.eval.rouge_aggregate)
 
 
 def write_reports_csv(path: str, examples: Sequence[dict[str, Any]]) -> None:

@@ -89,13 +89,15 @@ def _step_records(sown: dict[str, Any], num_layers: int) -> dict[str, jax.Array]
 
 @functools.partial(jax.jit, static_argnums=0)
 def greedy_with_attention(mc: model_lib.ModelConfig, params: Any, batch_stats: Any,
-                          images: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+                          images: jax.Array, valid: jax.Array | None = None
+                          ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Greedy decoding that also records what each step looked at.
 
   Args:
     mc: model configuration.
     params, batch_stats: the model's variables.
     images: [b, H, W, 3] or [b, V, H, W, 3].
+    valid: [b] bool, False for padding rows (they do not delay the stop); default all True.
 
   Returns:
     ids [b, T + 1] (as `decode.greedy_search`), cross-attention probabilities
@@ -119,7 +121,7 @@ def greedy_with_attention(mc: model_lib.ModelConfig, params: Any, batch_stats: A
   ids, state = decode.greedy_search(
       lambda tokens: record(start(tokens), records, 0),
       lambda tokens, state, t: record(step(tokens, state, t), state["records"], t),
-      b, mc.max_len)
+      b, mc.max_len, valid)
   return ids, state["records"]["cross"], state["records"]["experts"]
 
 
@@ -320,7 +322,7 @@ def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   with sharding.use_mesh(run.mesh, run.rules):
     for batch in input_pipeline.predict_batches(config, paths):
       outs = greedy_with_attention(mc, variables["params"], variables["batch_stats"],
-                                   run.put({"images": batch["images"]})["images"])
+                                   *evaluate.device_images(run.put, batch))
       ids, cross, experts = (evaluate.to_host(x) for x in outs)
       for row, path in enumerate(batch["paths"]):
         expl = summarise(ids[row], cross[row], experts[row], run.tokenizer, layer, head)

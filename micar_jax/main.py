@@ -12,7 +12,9 @@ Modes:
   summary  print the parameter table and total_params=<N> (no allocation).
 
 Overrides: any config field, e.g. `--config.train.max_steps=20`. Problems the
-user can fix are reported as one `error: ...` line (exit code 2).
+user can fix are reported as one `error: ...` line (exit code 2), a diverged run
+too. SIGINT/SIGTERM end with one line and exit code 130/143. One process at a
+time works in DIR (train/test/predict/explain hold DIR/.lock.<process index>).
 """
 
 import os
@@ -63,7 +65,8 @@ def maybe_initialize_distributed() -> None:
 
 def run(config, workdir: str | None, mode: str, images: list[str] | None) -> None:
   """Dispatches one mode (the body of main, callable from Python)."""
-  from micar_jax import errors, summary  # pylint: disable=g-import-not-at-top
+  from micar_jax import config_validation, errors, summary  # pylint: disable=g-import-not-at-top
+  config_validation.validate(config)
   if mode == "summary":
     from micar_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
     mc = model_lib.ModelConfig.from_config(config)
@@ -76,8 +79,18 @@ def run(config, workdir: str | None, mode: str, images: list[str] | None) -> Non
     config.data_dir = synthetic.data_dir_in(workdir)
     print(f"synthetic data: {config.data_dir}", flush=True)
   maybe_initialize_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
+  from micar_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  with workdir_lock.hold(workdir, mode, jax.process_index()):
+    _dispatch(config, workdir, mode, images)
+
+
+def _dispatch(config, workdir: str, mode: str, images: list[str] | None) -> None:
+  """Runs one mode on a prepared, locked workdir."""
+  from micar_jax import config_validation, errors  # pylint: disable=g-import-not-at-top
   from micar_jax import predict, run as run_lib, train  # pylint: disable=g-import-not-at-top
   if mode == "train":
+    config_validation.check_train_split(config)
     train.train_and_evaluate(config, workdir)
   elif mode == "test":
     run_lib.test_best(run_lib.Run(config, workdir))
@@ -125,15 +138,27 @@ def main(argv) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  from micar_jax import errors, stopping  # pylint: disable=g-import-not-at-top
   from micar_jax.data import images as images_lib, sources  # pylint: disable=g-import-not-at-top
+  stopping.raise_on_signals()
+  errors.quiet_full_disk_in_threads()
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images)
   except (errors.UserError, sources.MissingDataError, images_lib.ImageError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except OSError as e:
+    if not errors.is_disk_full(e):
+      raise
+    print(f"error: No space left on device writing {e.filename or 'a run file'}; free some space "
+          "and rerun the same command to resume from the latest checkpoint", file=sys.stderr)
+    sys.exit(2)
+  except stopping.Interrupted as e:
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
   except KeyboardInterrupt:
-    sys.exit(143)
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -54,9 +54,9 @@ def _bias_correction(beta: float, count: Array) -> Array:
   relative accuracy for beta = 0.999 (0.999 itself is inexact in float32),
   while −expm1(count·log(beta)) stays within a few ulps.
   """
-  # log(beta) in Python float64, rounded once to float32.
-  log_beta = jnp.float32(math.log(beta))
-  return -jnp.expm1(count.astype(jnp.float32) * log_beta)
+  # log(beta) in Python float64, rounded once to float32 (float64 under jax_enable_x64).
+  dtype = jnp.result_type(float)
+  return -jnp.expm1(count.astype(dtype) * jnp.asarray(math.log(beta), dtype))
 
 
 def scale_by_torch_amsgrad(b1: float = BETAS[0], b2: float = BETAS[1],
@@ -106,7 +106,8 @@ def step_lr_schedule(base_lr: float, config: ml_collections.ConfigDict,
 
   def schedule(step):
     decays = (jnp.asarray(step, jnp.int32) // steps_per_epoch) // period
-    return base_lr * jnp.power(jnp.float32(gamma), decays.astype(jnp.float32))
+    dtype = jnp.result_type(float)  # float32; float64 under jax_enable_x64
+    return base_lr * jnp.power(jnp.asarray(gamma, dtype), decays.astype(dtype))
 
   return schedule
 

@@ -27,7 +27,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   count = 0
   with open(out_path + ".tmp", "w", encoding="utf-8") as f, sharding.use_mesh(run.mesh, run.rules):
     for batch in input_pipeline.predict_batches(run.config, paths):
-      ids = evaluate.to_host(generate_fn(variables, run.put({"images": batch["images"]})["images"]))
+      ids = evaluate.to_host(generate_fn(variables, *evaluate.device_images(run.put, batch)))
       for row, path in enumerate(batch["paths"]):
         f.write(json.dumps({"image": path, "report": decode(ids[row])}) + "\n")
         count += 1

@@ -7,7 +7,7 @@ model config, the mesh and its logical rules, and the checkpoints.
 
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax
 import ml_collections
@@ -61,10 +61,11 @@ class Run:
     init = steps.make_variables_init_fn(self.model_config, self.config.data.image_size)
     return sharding.abstract_sharded(init, self.mesh, self.rules, jax.random.PRNGKey(0))
 
-  def generate_fn(self) -> Callable[[dict[str, Any], jax.Array], jax.Array]:
-    """(variables, images [b, H, W, 3] or [b, V, H, W, 3]) -> token ids [b, T]."""
+  def generate_fn(self) -> Callable[..., jax.Array]:
+    """(variables, images [b, H, W, 3] or [b, V, H, W, 3], valid [b] bool) -> token ids [b, T]."""
     fn = decode_lib.make_generate_fn(self.model_config, self.config.eval)
-    return lambda variables, images: fn(variables["params"], variables["batch_stats"], images)
+    return lambda variables, images, valid: fn(variables["params"], variables["batch_stats"],
+                                               images, valid)
 
   def best_variables(self) -> dict[str, Any]:
     """{params, batch_stats} of the best checkpoint, else of config.init_from."""
@@ -78,12 +79,17 @@ class Run:
     return restored[0]
 
   def evaluate_split(self, variables: dict[str, Any], split: str, generate_fn: Callable,
-                     suites) -> tuple[list[dict], scores_lib.Scores]:
-    """Generates a report per example of `split` and scores them with `suites`."""
+                     suites, between: Callable[[Iterable], Iterable] = iter
+                     ) -> tuple[list[dict], scores_lib.Scores]:
+    """Generates a report per example of `split` and scores them with `suites`.
+
+    `between` wraps the batches (e.g. stopping.StopSignals.between, which stops
+    between two batches once a signal came).
+    """
     batches, rows = input_pipeline.make_eval_batches(self.config, self.tokenizer, split)
     with sharding.use_mesh(self.mesh, self.rules):
-      examples = evaluate.generate_split(generate_fn, variables, batches, rows, self.tokenizer,
-                                         self.put, self.config.eval.keep_after_eos)
+      examples = evaluate.generate_split(generate_fn, variables, between(batches), rows,
+                                         self.tokenizer, self.put, self.config.eval.keep_after_eos)
     return examples, evaluate.score(examples, self.config, suites)
 
 

@@ -24,17 +24,59 @@ class _NoProgress:
     pass
 
 
-class RunLog:
-  """Writes one JSON object per logged step and per validation to DIR/metrics.jsonl."""
+def trim_records(path: str, last_step: int) -> int:
+  """Keeps the records of steps <= last_step in a JSONL file (atomically); returns how many went.
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+  A resumed run repeats the steps after its checkpoint, so their records from the
+  interrupted run go (a half-written last line too).
+  """
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        keep = json.loads(line)["step"] <= last_step
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if dropped:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
+  return dropped
+
+
+def _finite_or_none(value: float) -> float | None:
+  """JSON has no NaN/Infinity: a skipped (non-finite) step's values are written as null."""
+  return value if np.isfinite(value) else None
+
+
+class RunLog:
+  """Writes one JSON object per logged step and per validation to DIR/metrics.jsonl.
+
+  `restored_step` is the step the run resumed from (0 for a new run): records
+  after it are removed from metrics.jsonl and TensorBoard hides its events after
+  it (a new event file with purge_step), so repeated steps appear once.
+  """
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, restored_step: int = 0):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._file = open(self.path, "a", encoding="utf-8") if self.enabled else None
+    self._file = None
     self._tb = None
     if self.enabled:
+      dropped = trim_records(self.path, restored_step)
+      if dropped:
+        logging.info("metrics.jsonl: removed %d records after the restored step %d", dropped,
+                     restored_step)
+      self._file = open(self.path, "a", encoding="utf-8")
       import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                            purge_step=restored_step + 1)
     self._config = config
 
   def _write(self, record: dict[str, Any]) -> None:
@@ -43,7 +85,8 @@ class RunLog:
     self._file.write(json.dumps(record, sort_keys=True) + "\n")
     self._file.flush()
     for key, value in record.items():
-      if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in (
+          "step", "epoch"):
         self._tb.add_scalar(key, value, record["step"])
 
   def progress(self, total: int, initial: int, desc: str):
@@ -53,20 +96,23 @@ class RunLog:
     return tqdm.tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)
 
   def train(self, step: int, epoch: int, metrics: dict[str, Any], lrs: dict[str, float],
-            images_per_sec: float) -> None:
-    """Logs a train step: losses, lrs, throughput, per-layer expert load and drops."""
+            images_per_sec: float, skipped_steps: int = 0) -> None:
+    """Logs a train step: losses, lrs, throughput, per-layer expert load and drops.
+
+    skipped_steps counts the run's non-finite steps whose update was not applied;
+    a skipped step's own non-finite values are logged as null.
+    """
     m = jax.device_get(metrics)
-    record = {"step": step, "epoch": epoch, "loss": float(m["loss"]), "ce": float(m["ce"]),
-              "aux_loss": float(m["aux_loss"]), "z_loss": float(m["z_loss"]),
-              "grad_norm": float(m["grad_norm"]), "images_per_sec": float(images_per_sec),
+    record = {"step": step, "epoch": epoch, "images_per_sec": float(images_per_sec),
               "expert_load": np.asarray(m["expert_load"]).round(6).tolist(),
-              "dropped_fraction": np.asarray(m["dropped_fraction"]).round(6).tolist()}
+              "dropped_fraction": np.asarray(m["dropped_fraction"]).round(6).tolist(),
+              "skipped_steps": skipped_steps}
+    record.update({k: _finite_or_none(float(m[k]))
+                   for k in ("loss", "ce", "aux_loss", "z_loss", "grad_norm")})
     record.update({f"lr_{name}": float(v) for name, v in lrs.items()})
-    if not np.isfinite(record["loss"]):
-      raise FloatingPointError(f"non-finite loss {record['loss']} at step {step}")
     self._write(record)
     logging.info("step %d epoch %d loss %.4f ce %.4f aux %.4f %.1f img/s", step, epoch,
-                 record["loss"], record["ce"], record["aux_loss"], images_per_sec)
+                 m["loss"], m["ce"], m["aux_loss"], images_per_sec)
 
   def validation(self, step: int, epoch: int, val_loss: float, scores: Any,
                  improved: bool) -> None:
@@ -78,5 +124,8 @@ class RunLog:
 
   def close(self) -> None:
     if self.enabled:
-      self._file.close()
-      self._tb.close()
+      try:
+        self._file.close()
+        self._tb.close()
+      except OSError as e:  # a full disk: the error that stopped the run is reported instead
+        logging.warning("could not flush the run logs: %s", e.strerror)

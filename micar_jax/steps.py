@@ -126,9 +126,20 @@ def make_loss_fn(mc: model_lib.ModelConfig, config: ml_collections.ConfigDict,
   return loss_fn
 
 
+def all_finite(tree: Any) -> Array:
+  """A bool scalar: every element of every floating-point leaf is finite."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.bool_(True)
+
+
 def make_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict) -> Callable:
-  """(state, batch) -> (state, metrics); dropout keys come from (seed, step)."""
+  """(state, batch) -> (state, metrics); dropout keys come from (seed, step).
+
+  metrics["finite"] (bool scalar) is False when the loss, the gradient norm or
+  the updated state is not finite; the update is then not applied.
+  """
   loss_fn = make_loss_fn(mc, config, train=True)
   base_key = jax.random.PRNGKey(config.seed)
 
@@ -138,11 +149,20 @@ def make_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
         state.params, state.batch_stats, batch, rngs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                           opt_state=opt_state)
+    grad_norm = optax.tree.norm(grads)
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & all_finite((params, batch_stats, opt_state)))
+    # A non-finite step leaves the state as it was (only the step counter, which
+    # names the batch, advances), so no saved state is ever non-finite; the loop
+    # reads `finite` and decides whether to skip on or stop.
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                        (params, batch_stats, opt_state),
+                        (state.params, state.batch_stats, state.opt_state))
+    new_state = TrainState(step=state.step + 1, params=kept[0], batch_stats=kept[1],
+                           opt_state=kept[2])
     metrics = {"loss": loss, "ce": terms["ce"],
                "aux_loss": stats["aux"], "z_loss": stats["z"], "expert_load": stats["load"],
-               "dropped_fraction": stats["dropped"], "grad_norm": optax.tree.norm(grads)}
+               "dropped_fraction": stats["dropped"], "grad_norm": grad_norm, "finite": finite}
     return new_state, metrics
 
   return train_step

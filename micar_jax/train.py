@@ -10,10 +10,19 @@ max_patience epochs without one. The best checkpoint is then tested.
 Resumption is exact: the latest checkpoint holds the train state, the grain
 iterator and the loop state, dropout keys derive from (seed, step), so a run
 killed at any point and restarted ends with the same parameters (bitwise on CPU).
+
+Faults: a step whose loss, gradient or update is not finite is not applied
+(steps.make_train_step); the loop reads those flags with the metrics it logs and
+before every save, skips up to train.skip_nonfinite_steps such steps and then
+stops with `stopping.Diverged`, saving nothing, so the latest checkpoint is the
+last good state and no diverged model is validated, kept as best or tested.
+SIGINT/SIGTERM stop between two steps or two validation batches, after saving.
+A run that stopped at train.max_steps continues when rerun with a higher limit
+(or none).
 """
 
 import dataclasses
-import signal
+import math
 import time
 from typing import Any
 
@@ -21,7 +30,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from micar_jax import checkpointing, errors, evaluate, optim, run_logging, sharding, steps
+from micar_jax import (checkpointing, defaults, errors, evaluate, optim, run_logging, sharding,
+                       steps, stopping)
 from micar_jax import run as run_lib
 from micar_jax.data import input_pipeline, sources
 from micar_jax.metrics import scores as scores_lib
@@ -36,16 +46,69 @@ class LoopState:
   best_epoch: int = -1
   bad_epochs: int = 0
   finished: bool = False
+  # Why the run finished: "epochs", "patience" or "max_steps" (a higher limit continues it).
+  finished_by: str = ""
+  # Non-finite steps skipped so far (their updates were not applied).
+  skipped_steps: int = 0
 
 
-def _install_sigterm() -> dict[str, bool]:
-  flag = {"stop": False}
+class _FiniteFlags:
+  """The finite flags of the steps not yet read back from the device.
 
-  def handler(signum, frame):  # pylint: disable=unused-argument
-    flag["stop"] = True
+  They are read (one transfer) only where the loop syncs anyway: at log steps,
+  before a save and at an epoch's end.
+  """
 
-  signal.signal(signal.SIGTERM, handler)
-  return flag
+  def __init__(self, run: run_lib.Run, loop: LoopState):
+    self._run, self._loop, self._pending = run, loop, []
+
+  def add(self, step: int, finite: jax.Array) -> None:
+    self._pending.append((step, finite))
+
+  def check(self) -> None:
+    """Counts the non-finite steps; raises stopping.Diverged past the allowed number."""
+    flags = jax.device_get([finite for _, finite in self._pending])
+    pending, self._pending = self._pending, []
+    allowed = self._run.config.train.skip_nonfinite_steps
+    for (step, _), finite in zip(pending, flags):
+      if finite:
+        continue
+      self._loop.skipped_steps += 1
+      if self._loop.skipped_steps > allowed:
+        raise stopping.Diverged(
+            f"training diverged: step {step} has a non-finite loss, gradient or update "
+            f"(train.skip_nonfinite_steps={allowed}); {_last_good(self._run)}")
+      logging.warning("step %d: non-finite loss, gradient or update; its update is skipped "
+                      "(%d of train.skip_nonfinite_steps=%d)", step, self._loop.skipped_steps,
+                      allowed)
+
+
+def _last_good(run: run_lib.Run) -> str:
+  """The end of a divergence message: which checkpoint stays the latest, what to do."""
+  step = run.checkpoints.latest.latest_step()
+  advice = "lower train.lr (or allow skips: train.skip_nonfinite_steps) and rerun"
+  if step is None:
+    return f"no checkpoint was saved before it: {advice}"
+  return (f"the checkpoint of step {step} is the last good state and stays the latest: "
+          f"{advice} to resume from it")
+
+
+def _resume_or_finish(loop: LoopState, config: ml_collections.ConfigDict, step: int) -> None:
+  """Reopens a run that stopped at max_steps when the limit is now higher; says when it is done."""
+  if not loop.finished:
+    return
+  limit = config.train.max_steps
+  if (loop.finished_by == "max_steps" and (not limit or limit > step)
+      and loop.epoch < config.train.epochs and loop.bad_epochs < config.train.max_patience):
+    loop.finished, loop.finished_by = False, ""
+    print(f"continuing the run that stopped at step {step} (train.max_steps): training on to "
+          + (f"step {limit}" if limit else f"epoch {config.train.epochs}"), flush=True)
+    return
+  reason = {"max_steps": f"it reached train.max_steps at step {step}; set a higher "
+                         "train.max_steps (or 0) to train on",
+            "patience": f"early stopping after {loop.bad_epochs} epochs without improvement",
+            }.get(loop.finished_by, f"{loop.epoch} epochs trained")
+  print(f"the run is finished ({reason}): testing its best checkpoint", flush=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -56,6 +119,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Raises:
     ValueError: config.train.select_suite/select_key name no metric (one line).
+    stopping.Diverged: non-finite steps beyond train.skip_nonfinite_steps.
+    stopping.Interrupted: SIGINT/SIGTERM (after saving the latest checkpoint).
   """
   scores_lib.check_selection(config.train.select_suite, config.train.select_key)
   run = run_lib.Run(config, workdir)
@@ -85,39 +150,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, meta = restored
     loop = LoopState(**meta)
     logging.info("resumed from step %d (epoch %d)", int(state.step), loop.epoch)
-  log = run_logging.RunLog(workdir, config)
-  stop = _install_sigterm()
+  step = saved_step = int(state.step)
+  _resume_or_finish(loop, config, step)
+  log = run_logging.RunLog(workdir, config, restored_step=step)
+  flags = _FiniteFlags(run, loop)
   max_steps = config.train.max_steps
-  step = int(state.step)
   try:
-    while not loop.finished:
-      epoch_end = (loop.epoch + 1) * tx_steps
-      progress = log.progress(total=epoch_end - loop.epoch * tx_steps, initial=step - loop.epoch * tx_steps,
-                              desc=f"epoch {loop.epoch + 1}/{config.train.epochs}")
-      start = time.time()
-      with sharding.use_mesh(run.mesh, run.rules):
-        while step < epoch_end and not (max_steps and step >= max_steps):
-          batch = run.put(next(data_iter), pad=False)
-          state, metrics = train_step(state, batch)
-          step += 1
-          progress.update(1)
-          if step % config.train.log_every == 0 or step == epoch_end:
-            log.train(step, loop.epoch, metrics, optim.learning_rates(config, tx_steps, step - 1),
-                      config.train.batch_size * config.train.log_every / (time.time() - start))
-            start = time.time()
-          if stop["stop"]:
-            _save_latest(run, state, data_iter, loop)
-            raise KeyboardInterrupt("SIGTERM")
-          if step % config.train.checkpoint_every == 0 and step < epoch_end:
-            _save_latest(run, state, data_iter, loop)
-      progress.close()
-      smoke_end = bool(max_steps) and step >= max_steps
-      _end_of_epoch(run, state, loop, eval_step, generate_fn, log, smoke_end)
-      _save_latest(run, state, data_iter, loop)
-  except KeyboardInterrupt as e:
-    logging.warning("interrupted (%s) at step %d; the latest checkpoint is saved: rerun the "
-                    "same command to resume", e, step)
-    raise
+    with stopping.StopSignals() as stop:
+      try:
+        while not loop.finished:
+          epoch_end = (loop.epoch + 1) * tx_steps
+          progress = log.progress(total=tx_steps, initial=step - loop.epoch * tx_steps,
+                                  desc=f"epoch {loop.epoch + 1}/{config.train.epochs}")
+          start = time.time()
+          with sharding.use_mesh(run.mesh, run.rules):
+            while step < epoch_end and not (max_steps and step >= max_steps):
+              batch = run.put(next(data_iter), pad=False)
+              state, metrics = train_step(state, batch)
+              step += 1
+              flags.add(step, metrics["finite"])
+              progress.update(1)
+              if step % config.train.log_every == 0 or step == epoch_end:
+                flags.check()
+                lrs = optim.learning_rates(config, tx_steps, step - 1)
+                speed = config.train.batch_size * config.train.log_every / (time.time() - start)
+                log.train(step, loop.epoch, metrics, lrs, speed, loop.skipped_steps)
+                start = time.time()
+              if stop.signum is not None:
+                raise stopping.Interrupted(stop.signum, safe=True)
+              if step % config.train.checkpoint_every == 0 and step < epoch_end:
+                saved_step = _save_latest(run, state, data_iter, loop, flags)
+          progress.close()
+          flags.check()
+          _end_of_epoch(run, state, loop, eval_step, generate_fn, log, step, epoch_end, stop)
+          saved_step = _save_latest(run, state, data_iter, loop, flags)
+      except stopping.Interrupted as e:
+        if not e.safe:
+          raise
+        if saved_step != step:
+          saved_step = _save_latest(run, state, data_iter, loop, flags)
+        raise stopping.Interrupted(e.signum, f"at step {step}; the latest checkpoint (step "
+                                   f"{saved_step}) is saved: rerun the same command to resume")
   finally:
     if hasattr(data_iter, "close"):
       data_iter.close()
@@ -127,39 +200,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _maybe_load_init(config, state):
   """Starts from a converted checkpoint (config.init_from) or ImageNet ResNet weights."""
-  if not (config.init_from or config.model.vision_init_from):
+  vision_init = config.model.vision_init_from
+  if not config.init_from and vision_init in ("", defaults.SCRATCH):
     return state
   from micar_jax import convert  # pylint: disable=g-import-not-at-top
   if config.init_from:
     variables = convert.load_model_init(
         config.init_from, checkpointing.abstract_like(state.variables()))
   else:
-    variables = convert.load_vision_init(config.model.vision_init_from, state.variables())
+    variables = convert.load_vision_init(vision_init, state.variables())
   return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
-def _save_latest(run: run_lib.Run, state, data_iter, loop: LoopState) -> None:
-  run.checkpoints.save_latest(int(state.step), state, data_iter, dataclasses.asdict(loop))
+def _save_latest(run: run_lib.Run, state, data_iter, loop: LoopState,
+                 flags: _FiniteFlags) -> int:
+  """Saves the latest checkpoint once the pending steps are known to be finite; returns its step."""
+  flags.check()
+  step = int(state.step)
+  run.checkpoints.save_latest(step, state, data_iter, dataclasses.asdict(loop))
+  return step
 
 
 def _end_of_epoch(run: run_lib.Run, state, loop: LoopState, eval_step, generate_fn, log,
-                  smoke_end: bool) -> None:
-  """Validation, selection, early stopping; updates `loop` in place."""
+                  step: int, epoch_end: int, stop: stopping.StopSignals) -> None:
+  """Validation, selection, early stopping; updates `loop` in place.
+
+  A run stopped by max_steps before `epoch_end` is validated (so that it has a
+  best model to test) without counting the epoch, so a higher limit continues it.
+
+  Raises:
+    stopping.Diverged: the validation loss is not finite (finite but exploded weights).
+    stopping.Interrupted: a signal came during validation (between two batches).
+  """
   config = run.config
   variables = state.variables()
   batches, _ = input_pipeline.make_eval_batches(config, run.tokenizer, "val")
   with sharding.use_mesh(run.mesh, run.rules):
-    val_loss = evaluate.validation_loss(eval_step, variables, batches, run.put)
-  _, scores = run.evaluate_split(variables, "val", generate_fn, (config.train.select_suite,))
+    val_loss = evaluate.validation_loss(eval_step, variables, stop.between(batches), run.put,
+                                        config.eval.val_loss_mean)
+  if not math.isfinite(val_loss):
+    raise stopping.Diverged(
+        f"training diverged: the validation loss at step {step} is {val_loss}; {_last_good(run)}")
+  _, scores = run.evaluate_split(variables, "val", generate_fn, (config.train.select_suite,),
+                                 stop.between)
   score = scores.values.get(config.train.select_key, 0.0)
   improved = score >= loop.best_score
+  whole_epoch = step >= epoch_end
   if improved:
     loop.best_score, loop.best_epoch, loop.bad_epochs = score, loop.epoch, 0
-    run.checkpoints.save_best(int(state.step), variables,
-                              {"epoch": loop.epoch, "score": score})
-  else:
+    run.checkpoints.save_best(step, variables, {"epoch": loop.epoch, "score": score})
+  elif whole_epoch:
     loop.bad_epochs += 1
-  log.validation(int(state.step), loop.epoch, val_loss, scores, improved)
-  loop.epoch += 1
-  loop.finished = (smoke_end or loop.epoch >= config.train.epochs
-                   or loop.bad_epochs >= config.train.max_patience)
+  log.validation(step, loop.epoch, val_loss, scores, improved)
+  loop.epoch += int(whole_epoch)
+  max_steps = config.train.max_steps
+  for reason, done in (("epochs", loop.epoch >= config.train.epochs),
+                       ("patience", loop.bad_epochs >= config.train.max_patience),
+                       ("max_steps", bool(max_steps) and step >= max_steps)):
+    if done:
+      loop.finished, loop.finished_by = True, reason
+      break

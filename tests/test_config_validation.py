@@ -119,3 +119,14 @@ def test_cli_refuses_bad_values_in_one_line_before_training(tmp_path, override, 
   assert out.returncode == 2, out.stderr
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("name", ["covctr", "mmr", "pgross", "roco", "iu_xray", "mimic_cxr"])
+def test_dataset_configs_start_from_imagenet_and_tiny_from_scratch(name):
+  module = _config_module(f"configs/{name}.py")
+  assert module.get_config().model.vision_init_from == defaults.IMAGENET_RESNET101
+  assert module.get_config("tiny").model.vision_init_from == defaults.SCRATCH
+
+
+def test_synthetic_config_trains_from_scratch():
+  assert _config_module("configs/synthetic.py").get_config().model.vision_init_from == ""

@@ -53,7 +53,7 @@ def torchvision_state_dict(stages=(1, 1, 1, 1), width=8):
   return sd, flat
 
 
-def test_torchvision_resnet_round_trip(tmp_path, model_shapes):
+def test_torchvision_resnet_round_trip(tmp_path, model_shapes, monkeypatch):
   sd, flat = torchvision_state_dict()
   assert "layer1.0.downsample.1.running_mean" in sd and "bn1.num_batches_tracked" in sd
   path = str(tmp_path / "resnet.safetensors")
@@ -63,7 +63,8 @@ def test_torchvision_resnet_round_trip(tmp_path, model_shapes):
   with open(os.path.join(out, io.RESNET_JSON)) as f:
     assert json.load(f) == {"depth": None, "stage_sizes": [1, 1, 1, 1], "width": 8,
                             "source": "resnet.safetensors"}
-  variables = io.load_vision_init(out, zeros_like_model(model_shapes))
+  monkeypatch.chdir(tmp_path)  # --config.model.vision_init_from=resnet, relative to the cwd
+  variables = io.load_vision_init("resnet", zeros_like_model(model_shapes))
   for (collection, *rest), value in flat.items():
     got = variables[collection]["vis_enc"]["backbone"]
     for key in rest:
@@ -106,7 +107,7 @@ def test_torchvision_errors():
   assert info.value.wrong == ["layer2.0.bn1.weight (3,) expected (16,)"]
 
 
-def test_official_round_trip_through_files(tmp_path, model_shapes):
+def test_official_round_trip_through_files(tmp_path, model_shapes, monkeypatch):
   config = tiny_covctr()
   mc = model_lib.ModelConfig.from_config(config, VOCAB)
   flat = random_flat(model_shapes)
@@ -120,7 +121,8 @@ def test_official_round_trip_through_files(tmp_path, model_shapes):
   assert json.loads((tmp_path / "converted" / "token2id.json").read_text())["w3"] == 3
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           zeros_like_model(model_shapes))
-  restored = flax.traverse_util.flatten_dict(io.load_model_init(out, abstract))
+  monkeypatch.chdir(tmp_path)  # --config.init_from=converted, relative to the cwd
+  restored = flax.traverse_util.flatten_dict(io.load_model_init("converted", abstract))
   assert set(restored) == set(flat)
   for k, value in flat.items():
     np.testing.assert_array_equal(np.asarray(restored[k]), value, err_msg=str(k))
@@ -135,6 +137,17 @@ def test_official_round_trip_through_files(tmp_path, model_shapes):
     io.load_model_init(out, zeros_like_model(shapes))
   assert "params/decoder_1/moe/w1" in info.value.missing
   assert str(info.value).startswith(f"converted model {out} does not fit this config")
+
+
+def test_missing_imagenet_weights_name_the_convert_command(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(errors.UserError) as info:
+    io.load_vision_init("weights/resnet101_imagenet1k_v2", {})
+  message = str(info.value)
+  assert "\n" not in message
+  assert ("python -m micar_jax.convert torchvision-resnet --weights=resnet101-cd907fc2.pth "
+          "--out=weights/resnet101_imagenet1k_v2") in message
+  assert "--config.model.vision_init_from=scratch" in message
 
 
 def test_load_errors(tmp_path):

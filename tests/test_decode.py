@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from micar_jax import decode, defaults
+from micar_jax import decode, defaults, evaluate, sharding
 from micar_jax.data.tokenizer import EOS, PAD, SOS
 from micar_jax.models import model as model_lib
 
@@ -159,3 +159,36 @@ def test_unknown_method_is_a_clear_error(tiny):
   c, mc, *_ = tiny
   with pytest.raises(ValueError, match="unknown eval.decode 'sample'"):
     decode.make_generate_fn(mc, eval_config(c, decode="sample"))
+
+
+def test_padding_rows_do_not_delay_the_greedy_stop():
+  # Rows 0-1 emit <eos> together at step 1; padding row 2 never does.
+  script = np.array([[5, EOS] + [6] * (T - 2), [4, EOS] + [6] * (T - 2), [7] * T])
+  valid = jnp.asarray([True, True, False])
+  ids, _ = jax.jit(lambda v: decode.greedy_search(*scripted(script), 3, T, v))(valid)
+  np.testing.assert_array_equal(ids[:2], expected([[5, EOS], [4, EOS]]))
+
+
+@pytest.mark.parametrize("method", ["greedy", "greedy_uncached", "beam"])
+@pytest.mark.parametrize("num_devices", [1, 8])
+def test_a_padded_last_batch_gives_the_unpadded_reports(tiny, method, num_devices):
+  c, mc, params, batch_stats, images = tiny
+  generate_fn = decode.make_generate_fn(mc, eval_config(c, decode=method, beam_width=2))
+  # Three real rows that all stop at the same early step (image 0 and two near-copies).
+  noise = np.random.RandomState(1).randn(3, 32, 32, 3).astype(np.float32)
+  real = np.asarray(images[:1]) + 1e-3 * noise
+  unpadded = np.asarray(generate_fn(params, batch_stats, jnp.asarray(real)))
+  if method != "beam":  # the zero images never emit <eos> where these rows stop
+    assert np.all(unpadded[:, -1] == PAD), "the real rows must stop early for this test to bite"
+  # The eval pipeline pads the last batch with zero images (valid=False) ...
+  batch = {"images": np.concatenate([real, np.zeros((2, 32, 32, 3), np.float32)]),
+           "valid": np.arange(5) < 3}
+  config = c.copy_and_resolve_references()
+  config.mesh.data = num_devices
+  mesh = sharding.make_mesh(config, jax.devices()[:num_devices])
+  with sharding.use_mesh(mesh, sharding.logical_rules()):
+    # ... and `put` pads it again to a multiple of the mesh's batch shards.
+    padded = generate_fn(params, batch_stats, *evaluate.device_images(
+        lambda b: sharding.global_batch(b, mesh, pad=True), batch))
+  assert padded.shape[0] == (5 if num_devices == 1 else 8)
+  np.testing.assert_array_equal(np.asarray(padded)[:3], unpadded)

@@ -1,7 +1,10 @@
 """Tests for micar_jax.metrics.reference (the jury-equivalent suite)."""
 
+import json
 import math
+import os
 
+import numpy as np
 import pytest
 
 from micar_jax.metrics import reference, wordnet
@@ -78,11 +81,50 @@ def test_bad_pairs_raise_one_line_errors(hyps, refs, match):
     reference.reference_scores(hyps, refs)
 
 
-def test_rouge_l_is_lcs_f1_mean():
+def test_rouge_l_mean_option_is_the_lcs_f1_mean():
   # "the heart is normal" vs "heart size is normal": LCS 3 ("heart is normal"),
   # P = 3/4, R = 3/4 -> F 0.75; the second pair is identical -> 1.
-  got = reference.rouge_l_mean(["the heart is normal", "Clear."], ["heart size is normal", "clear"])
+  got = reference.rouge_l(["the heart is normal", "Clear."], ["heart size is normal", "clear"], "mean")
   assert got == pytest.approx((0.75 + 1.0) / 2)
+
+
+def report_pairs():
+  path = os.path.join(os.path.dirname(__file__), "fixtures", "report_pairs.json")
+  with open(path, encoding="utf-8") as f:
+    pairs = json.load(f)
+  return [p["hypothesis"] for p in pairs], [p["reference"] for p in pairs]
+
+
+def jury_rouge_l(hypotheses, references):
+  """jury 2.3.1's ROUGE-L after the reference's np.random.seed(123456), written out."""
+  from rouge_score import rouge_scorer, scoring  # pylint: disable=g-import-not-at-top
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
+  aggregator = scoring.BootstrapAggregator()
+  for hyp, ref in zip(hypotheses, references):
+    aggregator.add_scores({k: s.fmeasure for k, s in scorer.score(target=ref, prediction=hyp).items()})
+  state = np.random.get_state()
+  np.random.seed(123456)
+  try:
+    return aggregator.aggregate()["rougeL"].mid
+  finally:
+    np.random.set_state(state)
+
+
+def test_rouge_l_default_is_jurys_bootstrap_median_on_real_text():
+  hyps, refs = report_pairs()
+  want = jury_rouge_l(hyps, refs)
+  np.random.seed(7)  # whatever ran before must not matter, nor be disturbed
+  before = np.random.get_state()[1].copy()
+  got = reference.reference_scores(hyps, refs)["rougeL"]
+  assert got == want
+  np.testing.assert_array_equal(np.random.get_state()[1], before)
+  mean = reference.rouge_l(hyps, refs, "mean")
+  assert got != mean and abs(got - mean) < 0.02
+
+
+def test_unknown_rouge_aggregate_is_a_one_line_error():
+  with pytest.raises(ValueError, match="eval.rouge_aggregate='median'"):
+    reference.rouge_l(["a"], ["a"], "median")
 
 
 def test_selection_score_formula_and_missing_meteor():

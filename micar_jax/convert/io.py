@@ -25,6 +25,13 @@ from micar_jax.convert import names
 BACKBONE_DIR = "backbone"
 RESNET_JSON = "resnet.json"
 MODEL_DIR = "variables"
+# torchvision's download of ResNet101_Weights.IMAGENET1K_V2 (the reference's start).
+TORCHVISION_RESNET101_FILE = "resnet101-cd907fc2.pth"
+
+
+def absolute(path: str) -> str:
+  """`path` with `~` expanded, made absolute: Orbax refuses relative checkpoint paths."""
+  return os.path.abspath(os.path.expanduser(path))
 
 
 def _first_line(e: BaseException) -> str:
@@ -74,7 +81,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def save(directory: str, subdir: str, variables: dict[str, Any]) -> str:
   """Writes {"params", "batch_stats"} to DIR/subdir (replacing it); returns that path."""
-  path = os.path.join(os.path.abspath(directory), subdir)
+  path = os.path.join(absolute(directory), subdir)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(path, variables, force=True)
@@ -89,6 +96,7 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 def _restore_checked(path: str, target: dict[str, Any], what: str) -> dict[str, Any]:
   """Restores `path` into target's shapes/dtypes/shardings after comparing names and shapes."""
+  path = absolute(path)
   if not os.path.isdir(path):
     raise errors.UserError(f"{os.path.dirname(path)} is not a converted folder ({path} is missing)")
   try:
@@ -118,8 +126,16 @@ def load_vision_init(directory: str, variables: dict[str, Any]) -> dict[str, Any
     variables with vis_enc/backbone params and batch_stats from the checkpoint.
 
   Raises:
-    errors.UserError: not a converted folder, or names/shapes differ (listed by name).
+    errors.UserError: no such folder (naming the convert command), not a
+      converted folder, or names/shapes differ (listed by name).
   """
+  if not os.path.isdir(absolute(directory)):
+    raise errors.UserError(
+        f"model.vision_init_from={directory}: no converted ResNet weights there; convert "
+        f"torchvision's ImageNet ones with `python -m micar_jax.convert torchvision-resnet "
+        f"--weights={TORCHVISION_RESNET101_FILE} --out={directory}`, or train from scratch with "
+        "--config.model.vision_init_from=scratch")
+  directory = absolute(directory)
   info_path = os.path.join(directory, RESNET_JSON)
   info = {}
   if os.path.isfile(info_path):
@@ -152,5 +168,6 @@ def load_model_init(directory: str, abstract_variables: dict[str, Any]) -> dict[
   Raises:
     errors.UserError: not a converted folder, or names/shapes differ (listed by name).
   """
+  directory = absolute(directory)
   return _restore_checked(os.path.join(directory, MODEL_DIR), abstract_variables,
                           f"converted model {directory} does not fit this config")

@@ -34,7 +34,6 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 AUGMENT_SCALE = (0.6, 1.0)
 AUGMENT_RATIO = (3 / 4, 4 / 3)
 
-
 # Largest accepted image (width * height). A 10000 x 10000 scan decodes to
 # 300 MB of RGB and more while being windowed; beyond that it is refused.
 MAX_PIXELS = 100_000_000
@@ -51,15 +50,17 @@ class ImageError(ValueError):
 
 def _window(pixels: np.ndarray) -> np.ndarray:
   """[H, W] integer or float pixels -> uint8 [H, W], min..max mapped onto 0..255."""
-  x = pixels.astype(np.float64)
+  x = pixels.astype(np.float64)  # one working copy, updated in place (large scans)
   finite = np.isfinite(x)
   if not finite.any():
     return np.zeros(x.shape, np.uint8)
   lo, hi = x[finite].min(), x[finite].max()
-  x = np.where(finite, x, lo)
+  x[~finite] = lo
   if hi == lo:
     return np.zeros(x.shape, np.uint8)
-  return np.rint((x - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+  x -= lo
+  x *= 255.0 / (hi - lo)
+  return np.rint(x, out=x).astype(np.uint8)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -85,11 +86,10 @@ def decode(data: str | os.PathLike | bytes) -> Image.Image:
       and the file.
   """
   what = "<bytes>" if isinstance(data, bytes) else os.fspath(data)
-  if not isinstance(data, bytes):
-    if not os.path.isfile(what):
-      raise ImageError(f"missing image {what}")
-    if os.path.getsize(what) == 0:
-      raise ImageError(f"empty image file {what} (0 bytes)")
+  if not isinstance(data, bytes) and not os.path.isfile(what):
+    raise ImageError(f"missing image {what}")
+  if (len(data) if isinstance(data, bytes) else os.path.getsize(what)) == 0:
+    raise ImageError(f"empty image file {what} (0 bytes)")
   try:
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else what) as img:
       if img.width * img.height > MAX_PIXELS:

@@ -7,10 +7,11 @@ without jury or network access (docs/metrics.md §2-§5):
   jury's tokeniser (punctuation -> space, lowercase, whitespace split).
 - METEOR: nltk `single_meteor_score` (alpha 0.9, beta 3, gamma 0.5) on jury
   tokens, mean over samples; needs nltk's WordNet (see `wordnet.py`).
-- ROUGE-L: rouge-score `rougeL` F1 on the raw strings, no stemmer, plain mean
-  over samples. jury reports the "mid" of a 1000-sample bootstrap instead,
-  whose seed depends on numpy's global RNG state; it differs from the mean by
-  a few 1e-3 on 20 pairs and a few 1e-4 on 1,000 pairs.
+- ROUGE-L: rouge-score `rougeL` F1 on the raw strings, no stemmer, aggregated
+  as jury does by default: the median ("mid") of rouge-score's 1000-sample
+  bootstrap, with the random stream the reference's seeding gives (numpy seed
+  123456, rouge1 and rouge2 resampled first); `rouge_aggregate="mean"` gives
+  the plain mean over samples instead (docs/metrics.md §4).
 - Selection score: (B1+B2+B3+B4)/8 + METEOR/4 + ROUGE-L/4.
 """
 
@@ -18,6 +19,8 @@ import collections
 import math
 import string
 from typing import Any, Sequence
+
+import numpy as np
 
 _PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
 
@@ -90,13 +93,63 @@ def corpus_bleu(hyp_tokens: Sequence[Sequence[str]], ref_tokens: Sequence[Sequen
   return bleus
 
 
-def rouge_l_mean(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-  """Mean rouge-score `rougeL` F1 over pairs (no stemmer, raw strings)."""
+ROUGE_AGGREGATES = ("bootstrap", "mean")
+# jury's seed: the reference seeds numpy with it before building its metrics, and
+# the metric object replays that seed around its computation.
+JURY_SEED = 123456
+# jury scores rouge1, rouge2, rougeL, rougeLsum in this order with one bootstrap
+# aggregator; each type's resampling draws from the same random stream.
+_ROUGE_TYPES_BEFORE_L = 2
+BOOTSTRAP_SAMPLES = 1000
+
+
+def rouge_l_f1(hypotheses: Sequence[str], references: Sequence[str]) -> list[float]:
+  """rouge-score `rougeL` F1 per pair (no stemmer, raw strings): `[num_pairs]` floats."""
   from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
   scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-  scores = [scorer.score(ref, hyp)["rougeL"].fmeasure
-            for hyp, ref in zip(hypotheses, references, strict=True)]
-  return sum(scores) / len(scores)
+  return [float(scorer.score(ref, hyp)["rougeL"].fmeasure)
+          for hyp, ref in zip(hypotheses, references, strict=True)]
+
+
+def bootstrap_median(scores: Sequence[float], seed: int = JURY_SEED,
+                     skip_resamplings: int = _ROUGE_TYPES_BEFORE_L) -> float:
+  """Median of BOOTSTRAP_SAMPLES bootstrap means, drawn as rouge-score's aggregator draws.
+
+  A private RandomState replays the global numpy stream jury's aggregation
+  sees after `np.random.seed(seed)`, so neither the caller's numpy state
+  matters nor is it touched. The first `skip_resamplings` score types'
+  resamplings are drawn and discarded: they only advance the stream.
+
+  Args:
+    scores: `[num_pairs]` per-pair scores.
+    seed: the numpy seed in force when the aggregation starts.
+    skip_resamplings: how many score types the aggregator resamples first.
+  """
+  rng = np.random.RandomState(seed)
+  n = len(scores)
+  for _ in range(skip_resamplings * BOOTSTRAP_SAMPLES):
+    rng.choice(np.arange(n), size=n)
+  # [num_pairs, 1], as rouge-score stacks single-value scores, so the means round alike.
+  matrix = np.vstack(tuple(scores))
+  means = np.zeros((BOOTSTRAP_SAMPLES, 1))
+  for i in range(BOOTSTRAP_SAMPLES):
+    means[i, :] = np.mean(matrix[rng.choice(np.arange(n), size=n), :], axis=0)
+  return float(np.percentile(means, 50.0, axis=0)[0])
+
+
+def rouge_l(hypotheses: Sequence[str], references: Sequence[str],
+            aggregate: str = "bootstrap") -> float:
+  """Corpus ROUGE-L: jury's bootstrap median ("bootstrap") or the plain mean ("mean").
+
+  Raises:
+    ValueError: unknown `aggregate` (one line).
+  """
+  if aggregate not in ROUGE_AGGREGATES:
+    raise ValueError(f"eval.rouge_aggregate={aggregate!r}; expected one of {ROUGE_AGGREGATES}")
+  scores = rouge_l_f1(hypotheses, references)
+  if aggregate == "mean":
+    return sum(scores) / len(scores)
+  return bootstrap_median(scores)
 
 
 def meteor_mean(hyp_tokens: Sequence[Sequence[str]], ref_tokens: Sequence[Sequence[str]],
@@ -120,7 +173,7 @@ def selection_score(bleus: Sequence[float], rouge_l: float, meteor: float | None
 
 
 def reference_scores(hypotheses: Sequence[str], references: Sequence[str],
-                     wordnet: Any = None) -> dict[str, float]:
+                     wordnet: Any = None, rouge_aggregate: str = "bootstrap") -> dict[str, float]:
   """The official code's metrics for `[num_pairs]` hypothesis/reference strings.
 
   Args:
@@ -128,6 +181,7 @@ def reference_scores(hypotheses: Sequence[str], references: Sequence[str],
     references: `[num_pairs]` ground-truth reports.
     wordnet: loaded nltk WordNet reader; None skips METEOR, and then `score`
       lacks its METEOR/4 term (the caller must flag that).
+    rouge_aggregate: "bootstrap" (jury's value) or "mean" (see `rouge_l`).
 
   Returns:
     `bleu1`..`bleu4`, `rougeL`, `score`, and `meteor` when WordNet is given.
@@ -137,7 +191,7 @@ def reference_scores(hypotheses: Sequence[str], references: Sequence[str],
   ref_tokens = [jury_tokenize(r) for r in references]
   bleus = corpus_bleu(hyp_tokens, ref_tokens, max_order=4)
   out = {f"bleu{n}": b for n, b in enumerate(bleus, start=1)}
-  out["rougeL"] = rouge_l_mean(hypotheses, references)
+  out["rougeL"] = rouge_l(hypotheses, references, rouge_aggregate)
   meteor = None
   if wordnet is not None:
     meteor = out["meteor"] = meteor_mean(hyp_tokens, ref_tokens, wordnet)

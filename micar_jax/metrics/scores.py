@@ -4,8 +4,8 @@
 function. The suites and their keys (each number names its implementation,
 docs/metrics.md §1):
 - "reference": the official code's metrics (jury 2.3.1, offline; reference.py)
-  as `ref/bleu1..4`, `ref/meteor` (nltk), `ref/rougeL` (plain mean, not
-  jury's bootstrap "mid"), and the selection score `ref/score`.
+  as `ref/bleu1..4`, `ref/meteor` (nltk), `ref/rougeL` (jury's bootstrap
+  "mid", or the plain mean with rouge_aggregate="mean"), and the selection score `ref/score`.
 - "coco": pycocoevalcap 1.2 (coco.py) as `coco/bleu1..4`, `coco/meteor`
   (Java METEOR 1.5), `coco/rougeL` (beta 1.2), `coco/cider` (CIDEr-D).
 - "ratescore": optional RaTEScore from local weights (ratescore.py) as
@@ -52,6 +52,8 @@ class Options:
   wordnet_dir: str | os.PathLike | None = None
   coco_tokenize: str = "whitespace"
   ratescore_dir: str | os.PathLike | None = None
+  meteor_timeout_s: float = coco.meteor_lib.DEFAULT_TIMEOUT_S
+  rouge_aggregate: str = "bootstrap"
 
 
 def _reference_suite(hypotheses: Sequence[str], references: Sequence[str],
@@ -62,12 +64,14 @@ def _reference_suite(hypotheses: Sequence[str], references: Sequence[str],
     skipped["ref/meteor"] = reason
     partial["ref/score"] = "METEOR/4 term missing (ref/meteor skipped)"
     logging.warning("ref/meteor skipped: %s", reason)
-  values = {f"ref/{k}": v for k, v in reference.reference_scores(hypotheses, references, wn).items()}
+  values = {f"ref/{k}": v for k, v in reference.reference_scores(
+      hypotheses, references, wn, options.rouge_aggregate).items()}
   return Scores(values, skipped, partial)
 
 
 def _coco_suite(hypotheses: Sequence[str], references: Sequence[str], options: Options) -> Scores:
-  got, missed = coco.coco_scores(hypotheses, references, options.coco_tokenize)
+  got, missed = coco.coco_scores(hypotheses, references, options.coco_tokenize,
+                                 options.meteor_timeout_s)
   return Scores({f"coco/{k}": v for k, v in got.items()},
                 {f"coco/{k}": v for k, v in missed.items()}, {})
 
@@ -113,7 +117,9 @@ def compute_scores(hypotheses: Sequence[str], references: Sequence[str],
                    suites: Sequence[str] = ("reference", "coco"),
                    wordnet_dir: str | os.PathLike | None = None,
                    coco_tokenize: str = "whitespace",
-                   ratescore_dir: str | os.PathLike | None = None) -> Scores:
+                   ratescore_dir: str | os.PathLike | None = None,
+                   meteor_timeout_s: float = coco.meteor_lib.DEFAULT_TIMEOUT_S,
+                   rouge_aggregate: str = "bootstrap") -> Scores:
   """Scores `[num_pairs]` generated reports against their references.
 
   Args:
@@ -124,6 +130,8 @@ def compute_scores(hypotheses: Sequence[str], references: Sequence[str],
       nltk's own paths (see wordnet.py); None for nltk's paths only.
     coco_tokenize: "whitespace" or "jury" (see `coco.coco_scores`).
     ratescore_dir: folder with the RaTEScore models; None skips RaTEScore.
+    meteor_timeout_s: longest wait for one reply of Java METEOR (coco suite).
+    rouge_aggregate: ref/rougeL as jury's bootstrap median or the plain mean.
 
   Returns:
     A `Scores`.
@@ -135,7 +143,7 @@ def compute_scores(hypotheses: Sequence[str], references: Sequence[str],
   if unknown:
     raise ValueError(f"unknown metric suite(s) {unknown}; expected some of {tuple(SUITES)}")
   reference.check_pairs(hypotheses, references)
-  options = Options(wordnet_dir, coco_tokenize, ratescore_dir)
+  options = Options(wordnet_dir, coco_tokenize, ratescore_dir, meteor_timeout_s, rouge_aggregate)
   values, skipped, partial = {}, {}, {}
   for name, suite in SUITES.items():
     if name in suites:

@@ -50,9 +50,10 @@ def apply_rope(x: Array, positions: Array, rope_dim: int, theta: float) -> Array
   """
   freqs = rope_frequencies(rope_dim, theta)
   rot = 2 * freqs.shape[0]
-  angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [seq, rot / 2]
+  wide = layers.upcast(x.dtype)
+  angles = positions.astype(wide)[:, None] * freqs.astype(wide)[None, :]  # [seq, rot / 2]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
-  xf = x[..., :rot].astype(jnp.float32)
+  xf = x[..., :rot].astype(wide)
   pairs = xf.reshape(*xf.shape[:-1], rot // 2, 2)
   even, odd = pairs[..., 0], pairs[..., 1]
   rotated = jnp.stack([even * cos - odd * sin, odd * cos + even * sin], axis=-1)
@@ -116,7 +117,7 @@ class _LatentAttentionBase(nn.Module):
     """
     c, dtype = self.cfg, self.cfg.compute_dtype
     scale = 1.0 / (c.qk_nope_dim + c.qk_rope_dim) ** 0.5
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * scale
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(layers.upcast(q.dtype)) * scale
     if mask is not None:
       scores = jnp.where(mask, scores, MASK_FILL)
     probs = jax.nn.softmax(scores, axis=-1)

@@ -73,8 +73,14 @@ class Dense(nn.Module):
     return y
 
 
+def upcast(dtype: Dtype) -> Dtype:
+  """The dtype norms, softmax, RoPE, the router and logits compute in: float32, or
+  `dtype` when it is wider (a float64 model, used by the float64 parity check)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 class RMSNorm(nn.Module):
-  """x * rsqrt(mean(x²) + eps) in float32, cast back, times a weight (init 1).
+  """x * rsqrt(mean(x²) + eps) in float32 (or wider), cast back, times a weight (init 1).
 
   Attributes:
     axis_name: logical name of the normalised axis.
@@ -89,7 +95,7 @@ class RMSNorm(nn.Module):
     """[..., d] -> [..., d] in x's dtype."""
     weight = self.param(
         "scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)), (x.shape[-1],))
-    xf = x.astype(jnp.float32)
+    xf = x.astype(upcast(x.dtype))
     normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
     return batch_sharded(normed.astype(x.dtype) * weight.astype(x.dtype))
 
@@ -99,7 +105,7 @@ class BatchNorm(nn.Module):
 
   Train mode normalises with the biased batch variance and updates the running
   variance with the unbiased one (as torch does); eval mode uses the running
-  statistics. Statistics are computed in float32. Under `jax.jit` with a
+  statistics. Statistics are computed in float32 (or wider). Under `jax.jit` with a
   batch-sharded input, the reductions become cross-device automatically.
 
   Attributes:
@@ -123,7 +129,7 @@ class BatchNorm(nn.Module):
                             nn.with_logical_partitioning(nn.initializers.zeros, axes), None, (c,))
     ra_var = self.variable("batch_stats", "var",
                            nn.with_logical_partitioning(nn.initializers.ones, axes), None, (c,))
-    xf = x.astype(jnp.float32)
+    xf = x.astype(upcast(x.dtype))
     if train:
       reduce_axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(xf, axis=reduce_axes)

@@ -103,7 +103,7 @@ class MicarVLMoE(nn.Module):
     for block in self.decoder:
       x, s = block(x, memory, mask, train, position)
       stats.append(s)
-    logits = self.gen_logits(self.out_norm(x)).astype(jnp.float32)
+    logits = self.gen_logits(self.out_norm(x)).astype(layers.upcast(x.dtype))
     return logits, merge_stats(stats)
 
   def __call__(self, images: Array, input_ids: Array, pad_mask: Array | None = None,

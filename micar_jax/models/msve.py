@@ -23,7 +23,7 @@ Array = jax.Array
 @functools.lru_cache(maxsize=None)
 def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
   """[out, in] weights of torch bilinear interpolation, align_corners=False."""
-  m = np.zeros((out_size, in_size), np.float32)
+  m = np.zeros((out_size, in_size), np.float64)  # exact for a float64 model
   scale = in_size / out_size
   for i in range(out_size):
     src = max((i + 0.5) * scale - 0.5, 0.0)
@@ -38,7 +38,7 @@ def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def adaptive_pool_matrix(out_size: int, in_size: int) -> np.ndarray:
   """[out, in] weights of torch AdaptiveAvgPool (bins floor(i·n/o) .. ceil((i+1)·n/o))."""
-  m = np.zeros((out_size, in_size), np.float32)
+  m = np.zeros((out_size, in_size), np.float64)  # exact for a float64 model
   for i in range(out_size):
     start = (i * in_size) // out_size
     end = -((-(i + 1) * in_size) // out_size)

@@ -24,8 +24,8 @@ EXPERTS = "experts"
 
 
 def router_logits(tokens: Array, router: Array) -> Array:
-  """[n, d] tokens x [d, E] router kernel -> [n, E] logits, always in float32."""
-  return jnp.dot(tokens.astype(jnp.float32), router)
+  """[n, d] tokens x [d, E] router kernel -> [n, E] logits in float32 (float64 for a float64 model)."""
+  return jnp.dot(tokens.astype(jnp.promote_types(tokens.dtype, jnp.float32)), router)
 
 
 def route(logits: Array, top_k: int) -> tuple[Array, Array, Array]:

@@ -54,6 +54,8 @@ def define_flags() -> None:
                     "Precision of both sides for --train_steps.")
   flags.DEFINE_float("train_tolerance", 1e-9, "Largest allowed per-tensor max|Δ| / max|ref| "
                      "and relative loss difference after each train step.")
+  flags.DEFINE_bool("train_noise_floor", False, "Also run the reference on images scaled by "
+                    "1 + 16 ulps and accept errors up to 10x that spread.")
 
 
 
@@ -221,7 +223,7 @@ def main(argv: list[str]) -> None:
       from micar_jax.tools import parity_train  # pylint: disable=g-import-not-at-top
       ok = parity_train.compare_training(f.reference_src, f.config, f.image_size, f.batch,
                                          f.vocab_size, f.seed, f.train_steps, f.train_dtype,
-                                         f.train_tolerance)
+                                         f.train_tolerance, f.train_noise_floor)
     else:
       ok = compare(f.reference_src, f.config, f.image_size, f.batch, f.vocab_size,
                    f.decode_len, f.seed, f.tolerance)

@@ -1,0 +1,63 @@
+"""One run per workdir: an advisory lock that train/test/predict/explain hold.
+
+The lock is `fcntl.flock` on DIR/.lock.<process index>, so the kernel releases
+it when the holder exits or is killed (kill -9 leaves no stale lock), and each
+process of a multi-host run takes its own file. The holder writes its PID, host
+and mode into the file so that a refused process can say who holds it. flock
+is advisory and local to one machine's kernel on some network filesystems
+(older NFS): there it does not stop a run started on another machine.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from typing import Iterator
+
+from micar_jax import errors
+
+
+def lock_path(workdir: str, process_index: int) -> str:
+  return os.path.join(workdir, f".lock.{process_index}")
+
+
+def _holder(fd: int) -> str:
+  """'pid 123 on host h, mode train' from the lock file, or a generic phrase."""
+  try:
+    info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+    return f"{info['mode']} (pid {info['pid']} on host {info['host']})"
+  except (OSError, ValueError, KeyError, UnicodeDecodeError):
+    return "another process (still starting)"
+
+
+@contextlib.contextmanager
+def hold(workdir: str, mode: str, process_index: int = 0) -> Iterator[None]:
+  """Holds the workdir's lock for the duration of the block.
+
+  Raises:
+    errors.UserError: another live process holds it (one line naming its PID and host).
+  """
+  path = lock_path(workdir, process_index)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise errors.UserError(
+          f"workdir {workdir} is in use by {_holder(fd)}; wait for it to end or use another "
+          "--workdir") from None
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "mode": mode,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+    try:
+      yield
+    finally:
+      # The file stays: removing it would let a third process lock a new inode
+      # while a second one still waits on the old.
+      os.ftruncate(fd, 0)
+      fcntl.flock(fd, fcntl.LOCK_UN)
+  finally:
+    os.close(fd)

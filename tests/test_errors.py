@@ -1,0 +1,51 @@
+"""Tests for micar_jax.errors: recognising a full disk and quieting writer threads that die of it."""
+
+import errno
+import threading
+
+import pytest
+
+from micar_jax import errors
+
+
+def test_is_disk_full_finds_enospc_in_the_chain_or_the_text():
+  assert errors.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+  try:
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as inner:
+      raise RuntimeError("save failed") from inner
+  except RuntimeError as outer:
+    assert errors.is_disk_full(outer)
+  # tensorstore's form: a ValueError whose text carries the OS message.
+  assert errors.is_disk_full(ValueError("RESOURCE_EXHAUSTED: ... No space left on device [28]"))
+  assert not errors.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+  assert not errors.is_disk_full(None)
+
+
+@pytest.fixture
+def previous_hook():
+  """Stands in for the hook in place before (pytest installs its own per test)."""
+  saved, seen = threading.excepthook, []
+  threading.excepthook = lambda args: seen.append(args.exc_value)
+  yield seen
+  threading.excepthook = saved
+
+
+def _die(error):
+  def target():
+    raise error
+  thread = threading.Thread(target=target, name="writer")
+  thread.start()
+  thread.join()
+
+
+def test_thread_dying_of_a_full_disk_logs_one_line_others_go_to_the_previous_hook(
+    previous_hook, caplog):
+  errors.quiet_full_disk_in_threads()
+  _die(OSError(errno.ENOSPC, "No space left on device"))
+  assert previous_hook == []
+  assert "background thread writer stopped: No space left on device" in caplog.text
+  bug = RuntimeError("a real bug")
+  _die(bug)
+  assert previous_hook == [bug]
