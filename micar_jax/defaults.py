@@ -143,6 +143,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.grad_clip = 0.0
   # Stop after this many steps (smoke runs); 0 = no limit.
   c.train.max_steps = 0
+  # Before training, compare the compiled train step's memory with the free memory:
+  # "refuse" (stop with one line if it will not fit), "warn", "off" (memory_estimate.py).
+  c.train.memory_check = "refuse"
   # Log training metrics every this many steps.
   c.train.log_every = 10
   # Save the latest checkpoint every this many steps (and at each epoch end).

@@ -53,7 +53,11 @@ def validation_loss(eval_step: Callable, variables: Any, batches: Iterable[dict]
 
 
 def device_images(put: Callable, batch: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
-  """(images, valid) of a host batch on the mesh; padding rows (valid=False) never steer decoding."""
+  """(images, valid) of a host batch on the mesh; padding rows (valid=False) never steer decoding.
+
+  Returns:
+    images [b', (V,) H, W, 3] and valid [b'] bool, b' >= b after `put`'s padding.
+  """
   arrays = put({"images": batch["images"], "valid": batch["valid"]})
   return arrays["images"], arrays["valid"]
 
@@ -89,7 +93,8 @@ def score(examples: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
       [e["generated"] for e in examples], [e[against] for e in examples], suites=tuple(suites),
       wordnet_dir=os.path.expanduser(config.eval.wordnet_dir) or None, coco_tokenize=config.eval.coco_tokenize,
       ratescore_dir=config.eval.ratescore_dir or None,
-      meteor_timeout_s=config.eval.meteor_timeout_s, rouge_aggregate=config.eval.rouge_aggregate)
+      meteor_timeout_s=config.eval.meteor_timeout_s,
+      rouge_aggregate=config.eval.rouge_aggregate)
 
 
 def write_reports_csv(path: str, examples: Sequence[dict[str, Any]]) -> None:

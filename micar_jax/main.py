@@ -78,6 +78,10 @@ def run(config, workdir: str | None, mode: str, images: list[str] | None) -> Non
     from micar_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     config.data_dir = synthetic.data_dir_in(workdir)
     print(f"synthetic data: {config.data_dir}", flush=True)
+    if not os.path.exists(os.path.join(config.data_dir, "train.jsonl")):
+      from micar_jax import status  # pylint: disable=g-import-not-at-top
+      with status.phase("generating the synthetic dataset"):
+        synthetic.ensure_synthetic(config)
   maybe_initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
   from micar_jax import workdir_lock  # pylint: disable=g-import-not-at-top
@@ -136,6 +140,8 @@ class _QuietLibraries:
 
 def main(argv) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  from micar_jax import status  # pylint: disable=g-import-not-at-top
+  status.quiet_backend_probing()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from micar_jax import errors, stopping  # pylint: disable=g-import-not-at-top

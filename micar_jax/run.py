@@ -37,6 +37,8 @@ class Run:
       config = config.copy_and_resolve_references()
       config.data.vocab_path = converted_vocab
     self.config, self.workdir = config, workdir
+    # Process 0 prints the status lines and user-facing output.
+    self.is_lead = jax.process_index() == 0
     self.tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
     self.model_config = model_lib.ModelConfig.from_config(config, self.tokenizer.vocab_size)
     checkpointing.check_run_config(workdir, checkpointing.run_config_of(self.model_config))

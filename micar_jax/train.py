@@ -30,8 +30,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from micar_jax import (checkpointing, defaults, errors, evaluate, optim, run_logging, sharding,
-                       steps, stopping)
+from micar_jax import (checkpointing, defaults, errors, evaluate, memory_estimate, optim,
+                       run_logging, sharding, status, steps, stopping)
 from micar_jax import run as run_lib
 from micar_jax.data import input_pipeline, sources
 from micar_jax.metrics import scores as scores_lib
@@ -133,19 +133,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx_steps = input_pipeline.steps_per_epoch(config, len(sources.open_split(config, "train")))
   tx = optim.make_optimizer(config, tx_steps)
   init_fn = steps.make_init_fn(run.model_config, tx, config.data.image_size)
+  train_step = _compile_train_step(run, tx, init_fn)
   with sharding.use_mesh(run.mesh, run.rules):
-    state, state_shardings = sharding.init_sharded(
-        init_fn, run.mesh, run.rules, jax.random.PRNGKey(config.seed))
+    state, _ = sharding.init_sharded(init_fn, run.mesh, run.rules,
+                                     jax.random.PRNGKey(config.seed))
   state = _maybe_load_init(config, state)
-  train_step = jax.jit(steps.make_train_step(run.model_config, tx, config),
-                       in_shardings=(state_shardings, run.batch_sharding),
-                       out_shardings=(state_shardings, None), donate_argnums=(0,))
   eval_step = jax.jit(steps.make_eval_step(run.model_config, config))
   generate_fn = run.generate_fn()
 
-  data_iter = input_pipeline.make_train_iterator(config, run.tokenizer)
+  with status.phase("building the input pipeline", run.is_lead):
+    data_iter = input_pipeline.make_train_iterator(config, run.tokenizer)
   loop = LoopState()
-  restored = run.checkpoints.restore_latest(checkpointing.abstract_like(state), data_iter)
+  if run.checkpoints.latest.latest_step() is None:
+    restored = None
+  else:
+    with status.phase("restoring the latest checkpoint", run.is_lead):
+      restored = run.checkpoints.restore_latest(checkpointing.abstract_like(state), data_iter)
   if restored is not None:
     state, meta = restored
     loop = LoopState(**meta)
@@ -160,22 +163,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       try:
         while not loop.finished:
           epoch_end = (loop.epoch + 1) * tx_steps
-          progress = log.progress(total=tx_steps, initial=step - loop.epoch * tx_steps,
+          # The bar ends where this epoch's training will: its end or max_steps.
+          last = min(epoch_end, max_steps) if max_steps else epoch_end
+          progress = log.progress(total=last - loop.epoch * tx_steps,
+                                  initial=step - loop.epoch * tx_steps,
                                   desc=f"epoch {loop.epoch + 1}/{config.train.epochs}")
-          start = time.time()
+          # images/s covers train steps only: the clock restarts after each log and epoch.
+          start, timed_steps = time.perf_counter(), 0
           with sharding.use_mesh(run.mesh, run.rules):
             while step < epoch_end and not (max_steps and step >= max_steps):
               batch = run.put(next(data_iter), pad=False)
               state, metrics = train_step(state, batch)
               step += 1
+              timed_steps += 1
               flags.add(step, metrics["finite"])
               progress.update(1)
               if step % config.train.log_every == 0 or step == epoch_end:
                 flags.check()
                 lrs = optim.learning_rates(config, tx_steps, step - 1)
-                speed = config.train.batch_size * config.train.log_every / (time.time() - start)
+                speed = config.train.batch_size * timed_steps / (time.perf_counter() - start)
                 log.train(step, loop.epoch, metrics, lrs, speed, loop.skipped_steps)
-                start = time.time()
+                start, timed_steps = time.perf_counter(), 0
               if stop.signum is not None:
                 raise stopping.Interrupted(stop.signum, safe=True)
               if step % config.train.checkpoint_every == 0 and step < epoch_end:
@@ -196,6 +204,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       data_iter.close()
     log.close()
   return run_lib.test_best(run, generate_fn)
+
+
+def _compile_train_step(run: run_lib.Run, tx, init_fn):
+  """Compiles the train step from shapes, before any state exists, and checks its memory.
+
+  Returns:
+    The compiled (state, batch) -> (state, metrics), state donated.
+
+  Raises:
+    errors.UserError: the step will not fit in free memory (train.memory_check="refuse").
+  """
+  abstract_state = sharding.abstract_sharded(init_fn, run.mesh, run.rules,
+                                             jax.random.PRNGKey(run.config.seed))
+  state_shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
+  batch = memory_estimate.abstract_batch(run.config, run.tokenizer.text_seq_len,
+                                         run.batch_sharding)
+  step = jax.jit(steps.make_train_step(run.model_config, tx, run.config),
+                 in_shardings=(state_shardings, run.batch_sharding),
+                 out_shardings=(state_shardings, None), donate_argnums=(0,))
+  with status.phase("compiling the train step", run.is_lead) as info:
+    with sharding.use_mesh(run.mesh, run.rules):
+      compiled = step.lower(abstract_state, batch).compile()
+    per_device = memory_estimate.compiled_bytes(compiled)
+    if per_device is not None:
+      est = memory_estimate.estimate(per_device, run.mesh.local_devices)
+      info.note = memory_estimate.describe(est)
+  if per_device is not None:
+    warning = memory_estimate.check(est, run.config)
+    if warning and run.is_lead:
+      print(warning, flush=True)
+  return compiled
 
 
 def _maybe_load_init(config, state):

@@ -84,7 +84,8 @@ def test_bad_pairs_raise_one_line_errors(hyps, refs, match):
 def test_rouge_l_mean_option_is_the_lcs_f1_mean():
   # "the heart is normal" vs "heart size is normal": LCS 3 ("heart is normal"),
   # P = 3/4, R = 3/4 -> F 0.75; the second pair is identical -> 1.
-  got = reference.rouge_l(["the heart is normal", "Clear."], ["heart size is normal", "clear"], "mean")
+  got = reference.rouge_l(["the heart is normal", "Clear."], ["heart size is normal", "clear"],
+                          "mean")
   assert got == pytest.approx((0.75 + 1.0) / 2)
 
 
@@ -98,10 +99,12 @@ def report_pairs():
 def jury_rouge_l(hypotheses, references):
   """jury 2.3.1's ROUGE-L after the reference's np.random.seed(123456), written out."""
   from rouge_score import rouge_scorer, scoring  # pylint: disable=g-import-not-at-top
-  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"],
+                                    use_stemmer=False)
   aggregator = scoring.BootstrapAggregator()
   for hyp, ref in zip(hypotheses, references):
-    aggregator.add_scores({k: s.fmeasure for k, s in scorer.score(target=ref, prediction=hyp).items()})
+    scores = scorer.score(target=ref, prediction=hyp)
+    aggregator.add_scores({k: s.fmeasure for k, s in scores.items()})
   state = np.random.get_state()
   np.random.seed(123456)
   try:
@@ -154,3 +157,12 @@ def test_meteor_uses_wordnet_synonyms(wn):
   assert full["meteor"] == pytest.approx(got)
   assert full["score"] == pytest.approx(sum(full[f"bleu{n}"] for n in range(1, 5)) / 8
                                         + full["rougeL"] / 4 + full["meteor"] / 4)
+
+
+@pytest.mark.parametrize("first", ["", " . , ", "<>"])
+def test_a_first_hypothesis_without_words_scores_zero_without_sinking_rouge_l(first):
+  # jury raises on these (empty/punctuation-only) or returns the integer 0 for the corpus.
+  hyps, refs = report_pairs()
+  got = reference.reference_scores([first] + hyps[1:], refs)["rougeL"]
+  assert isinstance(got, float) and got > 0.3
+  assert reference.rouge_l_f1([first], refs[:1]) == [0.0]

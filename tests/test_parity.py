@@ -110,12 +110,17 @@ def test_float64_train_steps_match_the_reference():
          f"--reference_src={os.environ['MICAR_REFERENCE_SRC']}",
          f"--config={os.path.join(ROOT, 'configs', 'covctr.py')}",
          *(f"--config.model.{k}={v}" for k, v in model.items()),
-         "--config.data.text_seq_len=12", "--image_size=32", "--batch=2", "--vocab_size=40",
-         "--seed=3", "--train_steps=2", "--train_tolerance=1e-10"]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+         "--config.data.text_seq_len=12", "--image_size=64", "--batch=2", "--vocab_size=40",
+         "--seed=3", "--train_steps=2", "--train_tolerance=1e-9", "--train_noise_floor"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   report = json.loads(next(line[len("JSON "):] for line in proc.stdout.splitlines()
                            if line.startswith("JSON ")))
   assert report["dtype"] == "float64" and [s["step"] for s in report["steps"]] == [1, 2]
   for step in report["steps"]:
-    assert step["max_rel_err"] <= 1e-10 and step["loss_rel_diff"] <= 1e-10, step
+    # The loss agrees to float64 rounding; tensors within 10x the reference's own
+    # spread under a 16-ulp input change (train-mode BatchNorm on 2x2 maps) and
+    # never beyond 1e-6 (float32 rounding anywhere would show as ~1e-3).
+    assert step["loss_rel_diff"] <= 1e-10, step
+    floor = step["noise_floor"]["max_rel_err"]
+    assert step["max_rel_err"] <= min(1e-6, max(1e-9, 10 * floor)), step

@@ -5,7 +5,8 @@ function. The suites and their keys (each number names its implementation,
 docs/metrics.md §1):
 - "reference": the official code's metrics (jury 2.3.1, offline; reference.py)
   as `ref/bleu1..4`, `ref/meteor` (nltk), `ref/rougeL` (jury's bootstrap
-  "mid", or the plain mean with rouge_aggregate="mean"), and the selection score `ref/score`.
+  "mid", or the plain mean with rouge_aggregate="mean"), and the selection
+  score `ref/score`.
 - "coco": pycocoevalcap 1.2 (coco.py) as `coco/bleu1..4`, `coco/meteor`
   (Java METEOR 1.5), `coco/rougeL` (beta 1.2), `coco/cider` (CIDEr-D).
 - "ratescore": optional RaTEScore from local weights (ratescore.py) as

@@ -85,7 +85,8 @@ def relative_errors(reference: dict[str, np.ndarray], ours: dict[str, np.ndarray
 
 def _patch_reference_for_float64(torch, blocks, model, constants: dict[str, np.ndarray]) -> None:
   """Takes float32 rounding out of the reference's fixed inputs (module docstring)."""
-  blocks.RMSNorm.forward = lambda self, x: self._norm(x) * self.weight  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  blocks.RMSNorm.forward = lambda self, x: self._norm(x) * self.weight
   state = model.state_dict()
   with torch.no_grad():
     for name, value in constants.items():

@@ -1,0 +1,135 @@
+"""Will a run fit? The compiled train step's memory against what the backend has free.
+
+The train step is compiled ahead of time from shapes only (no parameter is
+allocated yet), and XLA's own accounting of that executable is the estimate:
+arguments (train state + batch) + outputs + temporaries (activations kept for
+the backward pass, gradients, optimizer updates) - the donated state (its
+outputs reuse the inputs' buffers) + generated code. The same executable then
+runs the training, so checking costs no second compilation.
+
+Free memory: on CPU the host's MemAvailable (all local devices share it); on
+GPU/TPU each device's bytes_limit - bytes_in_use from memory_stats().
+config.train.memory_check: "refuse" (default) stops with one line when the
+estimate exceeds the free memory, "warn" prints that line and goes on, "off"
+skips the comparison.
+"""
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from micar_jax import errors
+
+GIB = 1024 ** 3
+MEMORY_CHECKS = ("refuse", "warn", "off")
+# Above this fraction of the free memory the run starts with a warning.
+TIGHT = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  """Bytes one run needs and has.
+
+  Attributes:
+    needed: bytes the train step needs on one memory pool (CPU: the sum over
+      the mesh's devices, which share the host RAM; else one device's).
+    available: free bytes of that pool, None when the backend does not say.
+    pool: what `available` measures, for messages.
+  """
+  needed: int
+  available: int | None
+  pool: str
+
+  @property
+  def fits(self) -> bool:
+    return self.available is None or self.needed <= self.available
+
+  @property
+  def tight(self) -> bool:
+    return self.available is not None and self.needed > TIGHT * self.available
+
+
+def abstract_batch(config: ml_collections.ConfigDict, text_seq_len: int, sharding: Any
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of one global train batch (as input_pipeline yields it after `Run.put`).
+
+  images [B, S, S, 3] (or [B, V, S, S, 3]) float32; input_ids, pad_mask, labels
+  [B, T] int32; valid [B] bool; index [B] int32.
+  """
+  b, s = config.train.batch_size, config.data.image_size
+  views = (config.data.num_views,) if config.data.num_views > 1 else ()
+  spec = {"images": ((b, *views, s, s, 3), jnp.float32),
+          "input_ids": ((b, text_seq_len), jnp.int32), "pad_mask": ((b, text_seq_len), jnp.int32),
+          "labels": ((b, text_seq_len), jnp.int32), "valid": ((b,), jnp.bool_),
+          "index": ((b,), jnp.int32)}
+  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+          for k, (shape, dtype) in spec.items()}
+
+
+def compiled_bytes(compiled: Any) -> int | None:
+  """Per-device bytes of a compiled executable (XLA's memory analysis), None if unknown."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+             - stats.alias_size_in_bytes + stats.temp_size_in_bytes
+             + stats.generated_code_size_in_bytes)
+
+
+def host_available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+  """The kernel's MemAvailable (free + reclaimable cache), None where there is no /proc."""
+  try:
+    with open(meminfo, encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError):
+    return None
+
+
+def estimate(per_device: int, devices: Sequence[jax.Device]) -> Estimate:
+  """The pool `per_device` bytes on each of `devices` draw from, and its free bytes."""
+  device = devices[0]
+  if device.platform == "cpu":
+    return Estimate(per_device * len(devices), host_available_bytes(), "free host RAM")
+  stats = device.memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  free = None if limit is None else int(limit) - int(stats.get("bytes_in_use", 0))
+  return Estimate(per_device, free, f"free memory of one {device.platform} device")
+
+
+def describe(est: Estimate) -> str:
+  """'needs ~1.2 GiB of 8.0 GiB free host RAM' (the status line's memory part)."""
+  have = "" if est.available is None else f" of {est.available / GIB:.1f} GiB"
+  return f"needs ~{est.needed / GIB:.2f} GiB{have} {est.pool}"
+
+
+def check(est: Estimate, config: ml_collections.ConfigDict) -> str | None:
+  """Applies config.train.memory_check; returns a warning line, if any.
+
+  Raises:
+    errors.UserError: the estimate exceeds the free memory and memory_check="refuse".
+  """
+  mode = config.train.memory_check
+  if mode not in MEMORY_CHECKS:
+    raise errors.UserError(f"config.train.memory_check={mode!r}; expected one of {MEMORY_CHECKS}")
+  if mode == "off" or not est.tight:
+    return None
+  advice = (f"use --config=configs/{config.dataset}.py:tiny or a smaller --config.train.batch_size (now "
+            f"{config.train.batch_size})")
+  if est.fits:
+    return f"warning: the train step {describe(est)}, little to spare: {advice} if it fails"
+  line = (f"the train step {describe(est)}: it will not fit; {advice}, "
+          "or --config.train.memory_check=warn to try anyway")
+  if mode == "refuse":
+    raise errors.UserError(line)
+  return "warning: " + line
+
