@@ -150,6 +150,7 @@ RULES: tuple[Rule, ...] = (
     _num("train.aux_loss_weight", float, 0),
     _num("train.grad_clip", float, 0),
     _num("train.max_steps", int, 0),
+    _choice("train.memory_check", ("refuse", "warn", "off")),
     _num("train.log_every", int, 1),
     _num("train.checkpoint_every", int, 1),
     _num("train.skip_nonfinite_steps", int, 0),

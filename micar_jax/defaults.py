@@ -115,7 +115,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Dispatch: "sort" (sort + ragged_dot), "einsum" (capacity buffers) or "expert_parallel"
   # (shard_map + all_to_all over mesh.expert, which must divide num_experts).
   c.model.moe_impl = "sort"
-  # Compute dtype: float32 (reference) or bfloat16 (params, norms, softmax stay fp32).
+  # Compute dtype: float32 (reference) or bfloat16 (params, norms, softmax stay fp32);
+  # float64 under jax_enable_x64 for the train-step parity check (tools/parity_train.py).
   c.model.dtype = "float32"
   # Rematerialise blocks in the backward pass to save memory.
   c.model.remat = False

@@ -69,7 +69,9 @@ def generate_split(generate_fn: Callable, variables: Any, batches: Iterable[dict
 
   Returns:
     One dict per example: index, image, report (raw), reference (label-derived,
-    truncated, `<unk>` kept, as the reference scores it) and generated.
+    truncated, `<unk>` kept, as the reference scores it), generated (as scored:
+    decoded per keep_after_eos) and generated_clean (cut at the first `<eos>`,
+    what predict and explain show).
   """
   decode = tokenizer.decode if keep_after_eos else tokenizer.decode_clean
   out: dict[int, dict[str, Any]] = {}
@@ -82,7 +84,8 @@ def generate_split(generate_fn: Callable, variables: Any, batches: Iterable[dict
       record = rows[int(index)]
       out[int(index)] = {"index": int(index), "image": record["image"],
                          "report": record["report"], "reference": tokenizer.decode(labels[row]),
-                         "generated": decode(ids[row])}
+                         "generated": decode(ids[row]),
+                         "generated_clean": tokenizer.decode_clean(ids[row])}
   return [out[i] for i in sorted(out)]
 
 
@@ -97,15 +100,24 @@ def score(examples: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
       rouge_aggregate=config.eval.rouge_aggregate)
 
 
+REPORT_COLUMNS = ("image", "reference", "generated", "scored_reference", "scored_generated")
+
+
 def write_reports_csv(path: str, examples: Sequence[dict[str, Any]]) -> None:
-  """image, reference, generated (and the raw report) per example."""
+  """One row per example, REPORT_COLUMNS.
+
+  reference is the report as written in the dataset and generated the report cut
+  at its first `<eos>` (as predict shows it); scored_reference (label-derived:
+  truncated, `<unk>` for unknown words) and scored_generated (decoded per
+  eval.keep_after_eos) are the texts the scores compare.
+  """
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", newline="", encoding="utf-8") as f:
     writer = csv.writer(f)
-    writer.writerow(["image", "reference", "generated", "raw_report"])
+    writer.writerow(REPORT_COLUMNS)
     for e in examples:
       image = e["image"] if isinstance(e["image"], str) else ";".join(e["image"])
-      writer.writerow([image, e["reference"], e["generated"], e["report"]])
+      writer.writerow([image, e["report"], e["generated_clean"], e["reference"], e["generated"]])
 
 
 def write_json(path: str, obj: Any) -> None:

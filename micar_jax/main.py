@@ -69,7 +69,10 @@ def run(config, workdir: str | None, mode: str, images: list[str] | None) -> Non
   config_validation.validate(config)
   if mode == "summary":
     from micar_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
-    mc = model_lib.ModelConfig.from_config(config)
+    vocab = summary.saved_vocab_size(config, workdir or os.path.join("runs", config.dataset))
+    mc = model_lib.ModelConfig.from_config(config, vocab)
+    if vocab:
+      print(f"vocab_size={vocab} (the run folder's tokenizer)")
     print(summary.format_summary(summary.abstract_variables(mc)["params"]))
     return
   workdir = _prepare_workdir(workdir or os.path.join("runs", config.dataset))

@@ -1,13 +1,30 @@
 """Parameter table of a config's model, computed from shapes only (jax.eval_shape)."""
 
 import collections
+import os
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 
 from micar_jax import steps
+from micar_jax.data import tokenizer as tokenizer_lib
 from micar_jax.models import model as model_lib
+
+
+def saved_vocab_size(config: ml_collections.ConfigDict, workdir: str) -> int | None:
+  """The vocabulary size of the tokenizer a run would use, if it exists already.
+
+  config.data.vocab_path when set, else the tokenizer file saved in `workdir`
+  (token2id.json / sentencepiece.model); None when neither exists (nothing is built).
+  """
+  path = config.data.vocab_path or os.path.join(
+      workdir, tokenizer_lib.VOCAB_FILES.get(config.data.tokenizer, ""))
+  if not os.path.isfile(path):
+    return None
+  return tokenizer_lib.load_tokenizer(config.data.tokenizer, path,
+                                      config.data.text_seq_len).vocab_size
 
 
 def abstract_variables(mc: model_lib.ModelConfig, image_size: int = 224) -> dict:

@@ -134,10 +134,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = optim.make_optimizer(config, tx_steps)
   init_fn = steps.make_init_fn(run.model_config, tx, config.data.image_size)
   train_step = _compile_train_step(run, tx, init_fn)
-  with sharding.use_mesh(run.mesh, run.rules):
+  with status.phase("initialising the model", run.is_lead), sharding.use_mesh(run.mesh,
+                                                                             run.rules):
     state, _ = sharding.init_sharded(init_fn, run.mesh, run.rules,
                                      jax.random.PRNGKey(config.seed))
-  state = _maybe_load_init(config, state)
+    state = _maybe_load_init(config, state)
   eval_step = jax.jit(steps.make_eval_step(run.model_config, config))
   generate_fn = run.generate_fn()
 

@@ -10,6 +10,7 @@ import jax
 import pytest
 
 from micar_jax import errors, run as run_lib, steps
+from micar_jax.data import sources
 from micar_jax.models import model as model_lib
 from tests import test_train
 
@@ -38,7 +39,13 @@ def test_testing_the_best_checkpoint_writes_reports_and_scores(best_run):
     assert json.load(f) == json.loads(json.dumps(out))
   with open(os.path.join(test_dir, "generated_reports.csv"), encoding="utf-8") as f:
     rows = list(csv.reader(f))
-  assert rows[0] == ["image", "reference", "generated", "raw_report"] and len(rows) == 5
+  assert rows[0] == ["image", "reference", "generated", "scored_reference", "scored_generated"]
+  assert len(rows) == 5
+  test_rows = sources.open_split(run.config, "test")
+  for row, record in zip(rows[1:], test_rows):
+    # References as written; the clean report is a prefix of the scored one (same ids).
+    assert row[1] == record["report"]
+    assert "<eos>" not in row[2] and row[4].startswith(row[2])
 
 
 def test_a_workdir_without_a_best_checkpoint_is_a_user_error(best_run):

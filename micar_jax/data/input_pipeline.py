@@ -237,13 +237,15 @@ def list_images(paths: str | os.PathLike | Sequence[str]) -> list[str]:
 
 
 def predict_batches(
-    config: ml_collections.ConfigDict, paths: str | os.PathLike | Sequence[str]
+    config: ml_collections.ConfigDict, paths: str | os.PathLike | Sequence[str],
+    skipped: list[tuple[str, str]] | None = None,
 ) -> Iterator[dict[str, Any]]:
   """User images for prediction, in batches of config.eval.batch_size.
 
   Args:
     config: run config (image sizes, eval.batch_size). Single view only.
     paths: an image file, a directory of images, or a list of files.
+    skipped: if given, (path, reason) of each unreadable image is appended.
 
   Yields:
     {"images": float32 [B, H, W, 3], "valid": bool [B], "paths": list[str]};
@@ -252,7 +254,7 @@ def predict_batches(
   if config.data.num_views != 1:
     raise ValueError("prediction from loose image files supports num_views=1 only")
   size, batch = config.data.image_size, config.eval.batch_size
-  chunk, skipped = [], 0
+  chunk, n_skipped = [], 0
 
   def emit() -> dict[str, Any]:
     out = np.zeros([batch, size, size, 3], np.float32)
@@ -264,12 +266,14 @@ def predict_batches(
     try:
       chunk.append((path, images_lib.load(path, config.data.resize_size, size)))
     except images_lib.ImageError as e:
-      skipped += 1
+      n_skipped += 1
       logging.warning("skipping %s", e)
+      if skipped is not None:
+        skipped.append((path, str(e)))
     if len(chunk) == batch:
       yield emit()
       chunk = []
   if chunk:
     yield emit()
-  if skipped:
-    logging.warning("skipped %d unreadable image(s)", skipped)
+  if n_skipped:
+    logging.warning("skipped %d unreadable image(s)", n_skipped)
