@@ -37,8 +37,11 @@ def test_tiny_config_reports_train_decode_and_pipeline(tmp_path):
               "model_tflop_per_s", "compiled_memory_bytes"):
     assert train[key] > 0, key
   assert train["mfu"] == pytest.approx(train["model_tflop_per_s"] / 0.5)
+  assert train["model_tflop_per_s"] == pytest.approx(
+      train["model_gflop_per_image"] * train["images_per_s"] / 1e3)
   assert train["step_ms"] == pytest.approx(1e3 * train["batch_size"] / train["images_per_s"])
   assert train["peak_memory_bytes"] is None  # CPU has no memory statistics.
+  assert train["peak_memory_note"] == "unavailable: the cpu runtime keeps no memory statistics"
   assert set(result["decode"]) == {"greedy", "beam"}
   for method in result["decode"].values():
     assert method["batch_size"] == 2 and method["reports_per_s"] > 0 and method["compile_s"] > 0
@@ -48,6 +51,44 @@ def test_tiny_config_reports_train_decode_and_pipeline(tmp_path):
   assert pipeline["examples_per_s"] > 0 and pipeline["first_batch_s"] > 0
 
 
-def test_unknown_decode_method_is_rejected_before_compiling():
-  with pytest.raises(ValueError, match="unknown --decode sampling; expected greedy, "):
-    bench.run(defaults.base_config(), bench.Options(decode=("greedy", "sampling")))
+@pytest.mark.parametrize("opts, message", [
+    (bench.Options(decode=("greedy", "sampling")), "unknown --decode sampling; expected greedy, "),
+    (bench.Options(moe_variants=("sort", "megablocks")), "unknown --moe_variants megablocks"),
+    (bench.Options(train=False), "--decode needs the trained state"),
+    (bench.Options(profile_steps=0), "--profile_steps must be >= 1"),
+])
+def test_impossible_options_are_rejected_before_compiling(opts, message):
+  with pytest.raises(ValueError, match=message):
+    bench.run(defaults.base_config(), opts)
+
+
+# Runs the benchmark with these packages unimportable, as on an accelerator image
+# that has jax, flax, optax and orbax-checkpoint but no data stack.
+BLOCKED = ("grain", "tensorflow", "tensorflow_datasets", "sentencepiece", "array_record")
+WITHOUT_DATA_STACK = f"""
+import runpy, sys
+for name in {BLOCKED!r}:
+  sys.modules[name] = None  # makes `import name` raise ImportError
+sys.argv = ["bench"] + sys.argv[1:]
+code = 0
+try:
+  runpy.run_module("micar_jax.bench", run_name="__main__")
+except SystemExit as e:  # absl's app.run always exits
+  code = e.code
+loaded = {{name.split(".")[0] for name, module in sys.modules.items() if module is not None}}
+assert not loaded & set({BLOCKED!r}), loaded & set({BLOCKED!r})
+sys.exit(code)
+"""
+
+
+def test_runs_without_grain_tfds_or_sentencepiece(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-c", WITHOUT_DATA_STACK, "--config=configs/mmr.py:fast,tiny",
+       "--config.mesh.num_devices=1", "--config.data.text_seq_len=8",
+       "--config.model.dtype=float32", "--steps=1", "--warmup=0", "--decode=greedy",
+       "--decode_batch=2", "--decode_repeats=1", f"--out={tmp_path / 'bench.json'}"],
+      capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  written = json.loads((tmp_path / "bench.json").read_text())
+  assert written == json.loads(out.stdout)
+  assert written["train"]["images_per_s"] > 0 and written["decode"]["greedy"]["steps_run"] >= 1

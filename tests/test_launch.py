@@ -7,8 +7,10 @@ lines are split into words by bash itself, which checks that the
 quoting survives a real shell.
 """
 
+import json
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -272,3 +274,79 @@ def test_help_describes_dry_run(launch, script):
   result = launch(script, "--help")
   assert result.returncode == 0
   assert "--dry-run" in result.stdout and "Example:" in result.stdout
+
+
+def test_gpu_bench_dry_run_prints_one_bench_per_run_with_cache_and_output(launch):
+  lines = dry_run_lines(launch, "gpu_bench.sh", "--workdir", "/w", "--results", "/r",
+                        "--budget", "300", "--", "--config.model.remat=True")
+  assert [flag(words(line), "--out") for line in lines] == [
+      f"/r/{name}.json" for name in ("fast", "fp32", "beam", "moe", "max_batch")]
+  for line in lines:
+    ws = words(line)
+    assert ws[:3] == ["env", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95", "CUDA_DEVICE_MAX_CONNECTIONS=1"]
+    assert ws[3:7] == ["timeout", "--kill-after=10", "300", "python3"]
+    assert flag(ws, "--compilation_cache") == "/w/xla_cache"
+    assert ws[-1] == "--config.model.remat=True"
+  fast, fp32, beam, moe, max_batch = (words(line) for line in lines)
+  assert flag(fast, "--config") == "configs/mmr.py:fast" and flag(fast, "--profile_dir")
+  assert flag(fp32, "--config") == "configs/mmr.py"
+  assert flag(beam, "--decode") == "beam" and flag(beam, "--decode_batch") == "128"
+  assert flag(moe, "--moe_experts") == "8,64" and "--notrain" in moe
+  assert "--max_batch" in max_batch
+  assert launch.calls() == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runs", "fast,decode"], "--runs expects names from"),
+    (["--budget", "0"], "--budget must be a positive integer"),
+    (["--mem-fraction", "1.5"], "--mem-fraction must be"),
+])
+def test_gpu_bench_bad_input_gives_one_line_error(launch, args, message):
+  result = launch("gpu_bench.sh", "--dry-run", *args)
+  assert result.returncode == 2 and result.stdout == ""
+  assert result.stderr.splitlines() == [result.stderr.strip()]
+  assert message in result.stderr
+
+
+def run_gpu_bench_tiny(tmp_path, *args):
+  """Runs launch/gpu_bench.sh --tiny; returns (results folder, index, log)."""
+  results = tmp_path / "results"
+  out = subprocess.run(
+      ["bash", str(LAUNCH / "gpu_bench.sh"), "--tiny", "--python", sys.executable,
+       "--workdir", str(tmp_path / "work"), "--results", str(results), *args],
+      capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr
+  index = json.loads((results / "index.json").read_text())
+  return results, index, (results / "gpu_bench.log").read_text()
+
+
+def test_gpu_bench_tiny_cpu_path_writes_one_json_per_run(tmp_path):
+  """Train + profile, the cached fp32 twin and the batch search, at test size on the CPU."""
+  results, index, log = run_gpu_bench_tiny(tmp_path, "--runs", "fast,fp32,max_batch")
+  assert {name: run["status"] for name, run in index.items()} == dict.fromkeys(
+      ("fast", "fp32", "max_batch"), "ok"), log
+  fast, fp32, max_batch = (json.loads((results / f"{name}.json").read_text())
+                           for name in index)
+  assert fast["config"]["stage_sizes"] == [1, 1, 1, 1] and fast["device"]["platform"] == "cpu"
+  assert fast["train"]["images_per_s"] > 0 and fast["train"]["peak_memory_bytes"] is None
+  assert "unavailable" in fast["train"]["peak_memory_note"]
+  assert fast["train"]["profile"]["ops"] and fast["decode"]["greedy"]["batch_size"] == 2
+  # The fp32 run's shapes equal the tiny fast run's (float32 there): served by the cache.
+  assert not fast["train"]["compile_cache_hit"] and fp32["train"]["compile_cache_hit"]
+  assert max_batch["max_batch"]["largest_batch"] is None
+  assert "unavailable" in max_batch["max_batch"]["note"]
+  assert list((tmp_path / "work" / "xla_cache").iterdir())
+
+
+@pytest.mark.slow
+def test_gpu_bench_tiny_runs_every_measurement(tmp_path):
+  results, index, log = run_gpu_bench_tiny(tmp_path, "--budget", "900")
+  assert all(run["status"] == "ok" for run in index.values()), log
+  assert list(index) == ["fast", "fp32", "beam", "moe", "max_batch"]
+  beam = json.loads((results / "beam.json").read_text())
+  assert beam["decode"]["beam"]["beam_width"] == 3 and beam["train"]["compile_cache_hit"]
+  moe = json.loads((results / "moe.json").read_text())["moe"]
+  assert moe["sort_pallas"] == {"skipped": "GPU only (backend: cpu)"}
+  for variant in ("sort", "einsum", "expert_parallel"):
+    assert moe[variant]["E=4"]["step_ms"] > 0 and moe[variant]["step_ratio"] > 0, moe[variant]
+  assert moe["sort"]["E=2"]["dropped_fraction"] == 0.0  # sort is dropless

@@ -20,7 +20,6 @@ from collections.abc import Iterable, Sequence
 
 import ml_collections
 import numpy as np
-import sentencepiece as spm
 from etils import epath
 
 from micar_jax.data import sources
@@ -141,6 +140,12 @@ class WordTokenizer(Tokenizer):
     _atomic_write(path, json.dumps(self.token2id, ensure_ascii=False).encode("utf-8"))
 
 
+def _sentencepiece():
+  """sentencepiece, imported on first use: word tokenizers and decoding run without it."""
+  import sentencepiece  # pylint: disable=import-outside-toplevel
+  return sentencepiece
+
+
 class SentencePieceTokenizer(Tokenizer):
   """A SentencePiece (unigram or BPE) model with the reference's special ids."""
 
@@ -150,10 +155,10 @@ class SentencePieceTokenizer(Tokenizer):
     self._sp = None
 
   @property
-  def sp(self) -> spm.SentencePieceProcessor:
+  def sp(self) -> "sentencepiece.SentencePieceProcessor":
     # Created lazily so the tokenizer pickles cheaply into grain workers.
     if self._sp is None:
-      self._sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
+      self._sp = _sentencepiece().SentencePieceProcessor(model_proto=self.model_proto)
     return self._sp
 
   def __getstate__(self):
@@ -170,7 +175,7 @@ class SentencePieceTokenizer(Tokenizer):
     if not sentences:
       raise ValueError("cannot train SentencePiece on an empty train split")
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
+    _sentencepiece().SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size,
         model_type=model_type, character_coverage=1.0,
         pad_id=PAD, bos_id=SOS, eos_id=EOS, unk_id=UNK,

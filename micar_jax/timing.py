@@ -1,0 +1,133 @@
+"""Compiling and timing the jitted train step on random batches (for the benchmark).
+
+Compile times are lowering + XLA compilation; with a persistent compilation
+cache (`use_compilation_cache`) a program compiled before loads from disk
+instead, and `compile_timed` says so, since that time is then a load time.
+"""
+
+import dataclasses
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from micar_jax import device_memory, optim, sharding, steps
+from micar_jax.models import model as model_lib
+
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+@dataclasses.dataclass
+class TrainRun:
+  """A compiled train step with its state and batch, ready to be timed."""
+
+  step: Any
+  state: steps.TrainState
+  batch: dict[str, jax.Array]
+  compile_s: float
+  cache_hit: bool
+
+
+def random_batch(mc: model_lib.ModelConfig, image_size: int, batch: int,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+  """A full-length training batch of random data.
+
+  Returns:
+    images float32 [batch, H, W, 3] (or [batch, V, H, W, 3]), input_ids,
+    labels and pad_mask int32 [batch, max_len] (no padding, ids >= 4 so that
+    no label is `<pad>`).
+  """
+  rng = np.random.default_rng(seed)
+  shape = (batch, image_size, image_size, 3)
+  if mc.num_views > 1:
+    shape = (batch, mc.num_views) + shape[1:]
+  ids = rng.integers(4, mc.vocab_size, (batch, mc.max_len + 1), dtype=np.int32)
+  return {"images": rng.standard_normal(shape, np.float32), "input_ids": ids[:, :-1],
+          "labels": ids[:, 1:], "pad_mask": np.ones((batch, mc.max_len), np.int32)}
+
+
+def use_compilation_cache(folder: str) -> None:
+  """Keeps every compiled program in `folder`, so a shape compiled once loads after."""
+  pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(folder))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def compile_timed(jitted: Callable, *args: Any) -> tuple[Any, float, bool]:
+  """(compiled executable, seconds spent lowering and compiling it, served by the cache?)."""
+  hits = []
+  listener = lambda event, **kwargs: hits.append(event) if event == CACHE_HIT_EVENT else None
+  jax.monitoring.register_event_listener(listener)
+  try:
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start, bool(hits)
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+
+
+def train_program(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig
+                  ) -> tuple[Callable, Callable]:
+  """(init(rng) -> boxed TrainState, train_step(state, batch)) with the config's optimizer."""
+  tx = optim.make_optimizer(config, 1000)
+  return steps.make_init_fn(mc, tx, config.data.image_size), steps.make_train_step(mc, tx, config)
+
+
+def estimate_memory(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
+                    batch_size: int) -> int | None:
+  """XLA's memory estimate of the train step at batch_size, compiled on shapes, never run."""
+  init_fn, train_step = train_program(config, mc)
+  state = sharding.abstract_sharded(init_fn, mesh, rules, jax.random.PRNGKey(0))
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+           for k, v in random_batch(mc, config.data.image_size, batch_size).items()}
+  with sharding.use_mesh(mesh, rules):
+    compiled, _, _ = compile_timed(jax.jit(train_step, donate_argnums=(0,)), state, batch)
+  return device_memory.compiled_memory(compiled)
+
+
+def compile_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
+                  batch_size: int) -> TrainRun:
+  """Initialises a sharded state, a random batch of batch_size, and compiles the step."""
+  init_fn, train_step = train_program(config, mc)
+  state, state_shardings = sharding.init_sharded(init_fn, mesh, rules,
+                                                 jax.random.PRNGKey(config.seed))
+  batch = sharding.global_batch(random_batch(mc, config.data.image_size, batch_size), mesh)
+  jitted = jax.jit(train_step,
+                   in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+  with sharding.use_mesh(mesh, rules):
+    step, compile_s, hit = compile_timed(jitted, state, batch)
+  return TrainRun(step, state, batch, compile_s, hit)
+
+
+def time_steps(run: TrainRun, n: int) -> tuple[float, dict[str, Any]]:
+  """Runs n steps (n >= 1), updating run.state; (seconds per step, last metrics)."""
+  start = time.perf_counter()
+  for _ in range(n):
+    run.state, metrics = run.step(run.state, run.batch)
+  jax.block_until_ready((run.state, metrics))
+  return (time.perf_counter() - start) / n, metrics
+
+
+def time_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
+               batch_size: int, steps_timed: int, warmup: int) -> tuple[dict[str, Any], TrainRun]:
+  """Compiles and times the train step at batch_size: (its figures, the run)."""
+  run = compile_train(config, mc, mesh, rules, batch_size)
+  if warmup:
+    time_steps(run, warmup)
+  step_s, metrics = time_steps(run, steps_timed)
+  loss = float(metrics["loss"])
+  if not np.isfinite(loss):
+    raise ValueError(f"the train loss is {loss} after {steps_timed} steps")
+  return {
+      "batch_size": batch_size, "steps": steps_timed, "warmup": warmup,
+      "images_per_s": batch_size / step_s, "step_ms": 1e3 * step_s,
+      "compile_s": run.compile_s, "compile_cache_hit": run.cache_hit, "loss": loss,
+      "dropped_fraction": float(np.mean(metrics["dropped_fraction"])),
+      "compiled_memory_bytes": device_memory.compiled_memory(run.step),
+  }, run

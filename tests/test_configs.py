@@ -1,0 +1,36 @@
+"""configs/mmr.py variants: the fast settings, combined with the test size, and bad variants."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def mmr(arg):
+  spec = importlib.util.spec_from_file_location("mmr_config", CONFIGS / "mmr.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_fast_is_bf16_compute_with_the_reference_dispatch():
+  base, fast = mmr(None), mmr("fast")
+  assert base.model.dtype == "float32" and fast.model.dtype == "bfloat16"
+  assert (fast.model.moe_impl, fast.model.capacity_factor, fast.model.remat) == ("sort", -1.0, False)
+  # Nothing but the dtype differs from the faithful MMR config.
+  fast.model.dtype = "float32"
+  assert fast.to_dict() == base.to_dict()
+
+
+@pytest.mark.parametrize("arg", ["fast,tiny", "tiny,fast"])
+def test_fast_combines_with_tiny(arg):
+  c = mmr(arg)
+  assert c.model.dtype == "bfloat16" and c.data.image_size == 32
+  assert tuple(c.model.resnet_stages) == (1, 1, 1, 1)
+
+
+def test_unknown_variant_is_rejected():
+  with pytest.raises(ValueError, match="unknown config variant 'quick'"):
+    mmr("fast,quick")
