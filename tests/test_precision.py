@@ -28,8 +28,8 @@ def test_steps_must_be_positive():
 
 
 @pytest.mark.slow
-def test_bfloat16_stays_within_a_percent_of_float32():
+def test_bfloat16_loss_stays_within_a_tenth_of_a_percent_of_float32():
   result = precision.compare(tiny_config("bfloat16"), steps=3)
   assert result["dtype"] == "bfloat16"
-  assert 0 < result["logits_rel_diff"]["init"] < 0.05
-  assert all(d < 0.01 for d in result["loss_rel_diff"])
+  assert 0 < result["logits_rel_diff"]["init"] < 0.1
+  assert all(d < 1e-3 for d in result["loss_rel_diff"])
