@@ -46,9 +46,9 @@ Options:
   -h, --help        show this help
 BENCH_FLAGS are appended to every run (e.g. --config.model.remat=True).
 
-Example (on the GPU machine, results where the device tool collects them):
-  ${PROG} --results "\$OUT" --budget 480
-  ${PROG} --runs moe,max_batch --results "\$OUT"
+Example:
+  ${PROG} --results /tmp/bench --budget 480
+  ${PROG} --runs moe,max_batch --results /tmp/bench
 EOF
 }
 
