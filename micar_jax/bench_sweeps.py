@@ -63,7 +63,7 @@ def time_variant(config: ml_collections.ConfigDict, steps: tuple[int, int]) -> d
   mc = model_lib.ModelConfig.from_config(config, config.model.vocab_size)
   devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
   mesh = sharding.make_mesh(config, devices)
-  figures, _ = timing.time_train(config, mc, mesh, sharding.logical_rules(config),
+  figures, _ = timing.time_train(config, mc, mesh, sharding.logical_rules(),
                                  config.train.batch_size, *steps)
   return figures
 

@@ -5,6 +5,8 @@ import pathlib
 
 import pytest
 
+from micar_jax import config_validation
+
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -17,6 +19,7 @@ def mmr(arg):
 
 def test_fast_is_bf16_compute_with_the_reference_dispatch():
   base, fast = mmr(None), mmr("fast")
+  config_validation.validate(fast)
   assert base.model.dtype == "float32" and fast.model.dtype == "bfloat16"
   assert (fast.model.moe_impl, fast.model.capacity_factor, fast.model.remat) == ("sort", -1.0, False)
   # Nothing but the dtype differs from the faithful MMR config.
@@ -27,6 +30,7 @@ def test_fast_is_bf16_compute_with_the_reference_dispatch():
 @pytest.mark.parametrize("arg", ["fast,tiny", "tiny,fast"])
 def test_fast_combines_with_tiny(arg):
   c = mmr(arg)
+  config_validation.validate(c)
   assert c.model.dtype == "bfloat16" and c.data.image_size == 32
   assert tuple(c.model.resnet_stages) == (1, 1, 1, 1)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from micar_jax.data import jsonl, synthetic, tfds_builders
+from micar_jax.data import jsonl, synthetic
 
 # What open_split raises for a dataset that is not there (jsonl or TFDS).
 MissingDataError = jsonl.MissingDataError
@@ -40,6 +40,8 @@ def open_split(
       synthetic.ensure_synthetic(config)
     return jsonl.read_split(data_dir, split)
   if source == "tfds":
+    # Imported here: TFDS is heavy and absent where only the model runs (e.g. the benchmark).
+    from micar_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
     return tfds_builders.data_source(
         config.dataset, split, config.data.tfds_data_dir or None)
   raise ValueError(f"config.data.source must be 'jsonl' or 'tfds', got {source!r}")

@@ -58,7 +58,7 @@ def train_and_probe(config: ml_collections.ConfigDict, steps: int
   config.model.vocab_size = vocab
   mc = model_lib.ModelConfig.from_config(config, vocab)
   mesh = sharding.make_mesh(config, jax.devices()[:1])
-  rules = sharding.logical_rules(config)
+  rules = sharding.logical_rules()
   probe = timing.random_batch(mc, config.data.image_size, config.eval.batch_size, seed=1)
   run = timing.compile_train(config, mc, mesh, rules, config.train.batch_size)
   with sharding.use_mesh(mesh, rules):
