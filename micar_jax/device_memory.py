@@ -1,4 +1,6 @@
-"""Device memory figures for the benchmark: runtime peaks, XLA's estimates, the batch that fits.
+"""Device memory figures for the benchmark: runtime peaks and limits, the batch that fits.
+
+XLA's estimate of one compiled program is `memory_estimate.compiled_bytes`.
 
 The runtime's statistics (`device.memory_stats()`) exist on GPU and TPU; the
 CPU runtime keeps none, and every function here then says so (None, or a
@@ -6,7 +8,6 @@ reason string) instead of inventing a number.
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 
@@ -31,18 +32,6 @@ def peak_memory(devices: Sequence[jax.Device]) -> int | None:
 def memory_limit(device: jax.Device) -> int | None:
   """Bytes the runtime may allocate on the device (its pool size), None without statistics."""
   return stats(device).get("bytes_limit")
-
-
-def compiled_memory(compiled: Any) -> int | None:
-  """XLA's per-device estimate of a compiled program: arguments + outputs + temps - donated."""
-  try:
-    m = compiled.memory_analysis()
-  except (NotImplementedError, jax.errors.JaxRuntimeError):
-    return None
-  if m is None:
-    return None
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
 
 
 def predict_largest_batch(sizes: tuple[int, int], memory: tuple[int, int], limit: int,

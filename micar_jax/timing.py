@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from micar_jax import device_memory, optim, sharding, steps
+from micar_jax import memory_estimate, optim, sharding, steps
 from micar_jax.models import model as model_lib
 
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
@@ -87,7 +87,7 @@ def estimate_memory(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig
            for k, v in random_batch(mc, config.data.image_size, batch_size).items()}
   with sharding.use_mesh(mesh, rules):
     compiled, _, _ = compile_timed(jax.jit(train_step, donate_argnums=(0,)), state, batch)
-  return device_memory.compiled_memory(compiled)
+  return memory_estimate.compiled_bytes(compiled)
 
 
 def compile_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
@@ -129,5 +129,5 @@ def time_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mes
       "images_per_s": batch_size / step_s, "step_ms": 1e3 * step_s,
       "compile_s": run.compile_s, "compile_cache_hit": run.cache_hit, "loss": loss,
       "dropped_fraction": float(np.mean(metrics["dropped_fraction"])),
-      "compiled_memory_bytes": device_memory.compiled_memory(run.step),
+      "compiled_memory_bytes": memory_estimate.compiled_bytes(run.step),
   }, run
