@@ -6,7 +6,7 @@ Modes:
   train    train with per-epoch validation and early stopping, then test the best
            checkpoint (resumes from DIR when it holds a run);
   test     test the best checkpoint (or --config.init_from) on the test split;
-  predict  write DIR/predictions.jsonl for --images (files or a directory);
+  predict  write DIR/predictions-<UTC time>.jsonl for --images (files or a directory);
   explain  write DIR/explain/<image>.png (+ .json): per generated word the decoder's
            cross-attention over the image and the experts it was routed to;
   summary  print the parameter table and total_params=<N> (no allocation).

@@ -55,6 +55,10 @@ class _DropProbeNoise(std_logging.Filter):
     return not (record.levelno < std_logging.WARNING and PROBE_NOISE in record.getMessage())
 
 
+# One instance, so repeated calls add the filter once.
+_DROP_PROBE_NOISE = _DropProbeNoise()
+
+
 def quiet_backend_probing() -> None:
   """Keeps JAX's "Unable to initialize backend 'tpu'" INFO line off a CPU-only machine.
 
@@ -67,4 +71,4 @@ def quiet_backend_probing() -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
     if "jax" in sys.modules:  # imported already: its config read the variable before
       sys.modules["jax"].config.update("jax_platforms", "cpu")
-  std_logging.getLogger("jax._src.xla_bridge").addFilter(_DropProbeNoise())
+  std_logging.getLogger("jax._src.xla_bridge").addFilter(_DROP_PROBE_NOISE)

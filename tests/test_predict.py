@@ -1,6 +1,7 @@
 """--mode=predict: one report per readable image of a directory, from the best checkpoint."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -9,7 +10,7 @@ from micar_jax import errors, predict, train
 from tests import test_train
 
 
-def test_predict_writes_one_report_per_readable_image(tmp_path):
+def test_predict_writes_a_new_file_with_reports_and_skipped_images(tmp_path, capsys):
   config = test_train.tiny_config(tmp_path, max_steps=1)
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
@@ -20,7 +21,22 @@ def test_predict_writes_one_report_per_readable_image(tmp_path):
   (images / "broken.png").write_bytes(b"not a png")
   out = predict.predict(config, workdir, [str(images)])
   rows = [json.loads(l) for l in open(out)]
-  assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "b.png"]
-  assert all(isinstance(r["report"], str) for r in rows)
-  with pytest.raises(errors.UserError, match="no readable images"):
+  assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "b.png", "broken.png"]
+  assert all(isinstance(r["report"], str) and "<eos>" not in r["report"] for r in rows[:2])
+  assert rows[2]["report"] is None and "broken.png" in rows[2]["skipped"]
+  printed = capsys.readouterr().out
+  assert "2 reports, 1 skipped" in printed and f"skipped {images / 'broken.png'}: " in printed
+  # A second call writes a new file: the first one's reports stay.
+  again = predict.predict(config, workdir, [str(images / "a.png")])
+  assert again != out and os.path.exists(out)
+  assert [json.loads(l)["image"] for l in open(again)] == [str(images / "a.png")]
+  with pytest.raises(errors.UserError, match="no readable images .*broken.png"):
     predict.predict(config, workdir, [str(images / "broken.png")])
+
+
+def test_output_names_never_collide(tmp_path):
+  first = predict.new_output_path(str(tmp_path), now=0.0)
+  assert first.endswith("predictions-19700101T000000Z.jsonl")
+  open(first, "w").close()
+  assert predict.new_output_path(str(tmp_path), now=0.0).endswith(
+      "predictions-19700101T000000Z-2.jsonl")

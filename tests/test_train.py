@@ -94,3 +94,28 @@ def test_max_steps_ends_training_then_tests(tmp_path):
   out = train.train_and_evaluate(config, workdir)
   assert out["num_examples"] == 4
   assert latest_params(workdir)[0] == 2
+
+
+def test_progress_total_honours_max_steps_and_speed_counts_train_steps(tmp_path, monkeypatch,
+                                                                       capsys):
+  totals = []
+  real_progress = run_logging.RunLog.progress
+
+  def progress(self, total, initial, desc):
+    totals.append((total, initial))
+    return real_progress(self, total, initial, desc)
+
+  monkeypatch.setattr(run_logging.RunLog, "progress", progress)
+  config = tiny_config(tmp_path, max_steps=6, log_every=3)  # 4 steps per epoch
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  assert totals == [(4, 0), (2, 0)]  # the second epoch's bar ends at max_steps
+  printed = capsys.readouterr().out
+  for phase in ("compiling the train step ... ", "initialising the model ... ",
+                "building the input pipeline ... "):
+    assert phase in printed
+  assert "needs ~" in printed and "GiB" in printed
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  speeds = [l["images_per_sec"] for l in lines if "loss" in l]
+  assert [l["step"] for l in lines if "loss" in l] == [3, 4, 6]
+  assert all(0 < s < 1e5 for s in speeds)
