@@ -199,6 +199,14 @@ def base_config() -> ml_collections.ConfigDict:
   # --mode=explain: most per-word attention panels in a figure.
   c.eval.explain_max_words = 24
 
+  c.serve = ml_collections.ConfigDict()
+  # --mode=serve: how long a request waits for others to share its batch (<= eval.batch_size).
+  c.serve.max_wait_ms = 20.0
+  # --mode=serve: largest accepted upload, per file, in MiB.
+  c.serve.max_upload_mb = 20.0
+  # --mode=serve: most files in one upload.
+  c.serve.max_files = 64
+
   c.mesh = ml_collections.ConfigDict()
   # Devices the mesh uses (the first N of jax.devices()); 0 = all of them.
   c.mesh.num_devices = 0

@@ -12,6 +12,7 @@ from jax.experimental import multihost_utils
 
 from micar_jax.data import tokenizer as tokenizer_lib
 from micar_jax.metrics import scores as scores_lib
+from micar_jax.metrics import sentence
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -94,10 +95,35 @@ def score(examples: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
   """Scores generated reports against label-derived references (or "report": raw)."""
   return scores_lib.compute_scores(
       [e["generated"] for e in examples], [e[against] for e in examples], suites=tuple(suites),
-      wordnet_dir=os.path.expanduser(config.eval.wordnet_dir) or None, coco_tokenize=config.eval.coco_tokenize,
+      wordnet_dir=_wordnet_dir(config), coco_tokenize=config.eval.coco_tokenize,
       ratescore_dir=config.eval.ratescore_dir or None,
       meteor_timeout_s=config.eval.meteor_timeout_s,
       rouge_aggregate=config.eval.rouge_aggregate)
+
+
+def _wordnet_dir(config: ml_collections.ConfigDict) -> str | None:
+  return os.path.expanduser(config.eval.wordnet_dir) or None
+
+
+def write_examples_jsonl(path: str, examples: Sequence[dict[str, Any]],
+                         config: ml_collections.ConfigDict, suites: Sequence[str]) -> None:
+  """Writes one JSON line per example: index, image, generated, reference, scores.
+
+  generated and reference are shown as `write_reports_csv` shows them (cut at
+  the first `<eos>`; as written in the dataset); `scores` are the example's
+  sentence-level scores (`metrics.sentence`) of the texts the corpus scores
+  compare. `--mode=serve` lists them.
+  """
+  per_example = sentence.sentence_scores(
+      [e["generated"] for e in examples], [e["reference"] for e in examples], tuple(suites),
+      wordnet_dir=_wordnet_dir(config), coco_tokenize=config.eval.coco_tokenize)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    for e, scores in zip(examples, per_example):
+      record = {"index": e["index"], "image": e["image"], "generated": e["generated_clean"],
+                "reference": e["report"], "scores": scores}
+      f.write(json.dumps(record) + "\n")
+  os.replace(path + ".tmp", path)
 
 
 REPORT_COLUMNS = ("image", "reference", "generated", "scored_reference", "scored_generated")

@@ -140,6 +140,25 @@ def greedy_with_attention(mc: model_lib.ModelConfig, params: Any, batch_stats: A
   return ids, state["records"]["cross"], state["records"]["experts"]
 
 
+def decode_batch(run: Any, variables: dict[str, Any], images: np.ndarray, valid: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`greedy_with_attention` of host images [b, H, W, 3] on `run`'s mesh (inside its context).
+
+  Args:
+    run: the `run.Run` (model config, mesh placement).
+    variables: {params, batch_stats}.
+    images: float32 [b, H, W, 3], preprocessed.
+    valid: [b] bool, False for padding rows.
+
+  Returns:
+    Host arrays ids [b', T + 1], cross [b', T, L, H, n_img], experts [b', T, L, top_k];
+    b' >= b (rows padded to the mesh's batch shards come last).
+  """
+  outs = greedy_with_attention(run.model_config, variables["params"], variables["batch_stats"],
+                               *evaluate.device_images(run.put, {"images": images, "valid": valid}))
+  return tuple(evaluate.to_host(x) for x in outs)
+
+
 def select(value: Any, size: int, what: str) -> int | None:
   """Parses a "mean" / index setting: None means average, else an index in [0, size).
 
@@ -342,6 +361,13 @@ def _out_stem(path: str, used: set[str]) -> str:
   return name
 
 
+def to_record(expl: Explanation) -> dict[str, Any]:
+  """The JSON form of an explanation: report, words, after_eos, attention (5 decimals), experts."""
+  return {"report": expl.report, "words": expl.words, "after_eos": expl.after_eos,
+          "attention": np.round(expl.attention.astype(np.float64), 5).tolist(),
+          "experts": expl.experts.tolist()}
+
+
 def _write(out_dir: str, stem: str, path: str, crop: np.ndarray, expl: Explanation,
            config: ml_collections.ConfigDict, num_experts: int, max_words: int,
            header: str) -> str:
@@ -349,10 +375,7 @@ def _write(out_dir: str, stem: str, path: str, crop: np.ndarray, expl: Explanati
   original = np.asarray(images_lib.decode(path))
   box = crop_box(*original.shape[:2], config.data.resize_size, config.data.image_size)
   render(original, box, crop, expl, num_experts, max_words, header).savefig(png, dpi=DPI)
-  record = {"image": path, "report": expl.report, "settings": header,
-            "words": expl.words, "after_eos": expl.after_eos,
-            "attention": np.round(expl.attention.astype(np.float64), 5).tolist(),
-            "experts": expl.experts.tolist()}
+  record = dict(to_record(expl), image=path, settings=header)
   with open(os.path.join(out_dir, stem + ".json"), "w", encoding="utf-8") as f:
     json.dump(record, f)
   return png
@@ -384,9 +407,7 @@ def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   written, used = [], set()
   with sharding.use_mesh(run.mesh, run.rules):
     for batch in input_pipeline.predict_batches(config, paths):
-      outs = greedy_with_attention(mc, variables["params"], variables["batch_stats"],
-                                   *evaluate.device_images(run.put, batch))
-      ids, cross, experts = (evaluate.to_host(x) for x in outs)
+      ids, cross, experts = decode_batch(run, variables, batch["images"], batch["valid"])
       for row, path in enumerate(batch["paths"]):
         expl = summarise(ids[row], cross[row], experts[row], run.tokenizer, layer, head)
         written.append(_write(out_dir, _out_stem(path, used), path,

@@ -9,7 +9,9 @@ Modes:
   predict  write DIR/predictions-<UTC time>.jsonl for --images (files or a directory);
   explain  write DIR/explain/<image>.png (+ .json): per generated word the decoder's
            cross-attention over the image and the experts it was routed to;
-  summary  print the parameter table and total_params=<N> (no allocation).
+  summary  print the parameter table and total_params=<N> (no allocation);
+  serve    a local web app over DIR on http://--host:--port/ (test results, per-word
+           attention and experts, reports for uploaded images; needs the serve extra).
 
 Overrides: any config field, e.g. `--config.train.max_steps=20`. Problems the
 user can fix are reported as one `error: ...` line (exit code 2), a diverged run
@@ -32,9 +34,11 @@ def define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string("workdir", None,
                       "Run folder (checkpoints, metrics, reports); default runs/<config.dataset>.")
-  flags.DEFINE_enum("mode", "train", ["train", "test", "predict", "explain", "summary"],
+  flags.DEFINE_enum("mode", "train", ["train", "test", "predict", "explain", "summary", "serve"],
                     "What to do.")
   flags.DEFINE_list("images", None, "Image files or one directory (predict, explain).")
+  flags.DEFINE_string("host", "127.0.0.1", "Address --mode=serve listens on.")
+  flags.DEFINE_integer("port", 8080, "Port --mode=serve listens on (0 picks a free one).")
   flags.mark_flags_as_required(["config"])
 
 
@@ -63,7 +67,8 @@ def maybe_initialize_distributed() -> None:
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
-def run(config, workdir: str | None, mode: str, images: list[str] | None) -> None:
+def run(config, workdir: str | None, mode: str, images: list[str] | None,
+        host: str = "127.0.0.1", port: int = 8080) -> None:
   """Dispatches one mode (the body of main, callable from Python)."""
   from micar_jax import config_validation, errors, summary  # pylint: disable=g-import-not-at-top
   config_validation.validate(config)
@@ -89,10 +94,11 @@ def run(config, workdir: str | None, mode: str, images: list[str] | None) -> Non
   import jax  # pylint: disable=g-import-not-at-top
   from micar_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   with workdir_lock.hold(workdir, mode, jax.process_index()):
-    _dispatch(config, workdir, mode, images)
+    _dispatch(config, workdir, mode, images, host, port)
 
 
-def _dispatch(config, workdir: str, mode: str, images: list[str] | None) -> None:
+def _dispatch(config, workdir: str, mode: str, images: list[str] | None, host: str,
+              port: int) -> None:
   """Runs one mode on a prepared, locked workdir."""
   from micar_jax import config_validation, errors  # pylint: disable=g-import-not-at-top
   from micar_jax import predict, run as run_lib, train  # pylint: disable=g-import-not-at-top
@@ -110,6 +116,10 @@ def _dispatch(config, workdir: str, mode: str, images: list[str] | None) -> None
       # matplotlib loads only for this mode.
       from micar_jax import explain  # pylint: disable=g-import-not-at-top
       explain.explain(config, workdir, images)
+  elif mode == "serve":
+    # The web stack loads only for this mode.
+    from micar_jax.serve import server  # pylint: disable=g-import-not-at-top
+    server.serve(config, workdir, host, port)
 
 
 def _one_line(e: BaseException) -> str:
@@ -152,7 +162,7 @@ def main(argv) -> None:
   stopping.raise_on_signals()
   errors.quiet_full_disk_in_threads()
   try:
-    run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images)
+    run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.host, FLAGS.port)
   except (errors.UserError, sources.MissingDataError, images_lib.ImageError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

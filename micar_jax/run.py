@@ -106,6 +106,8 @@ def test_best(run: Run, generate_fn: Callable | None = None) -> dict[str, Any]:
   test_dir = os.path.join(run.workdir, "test")
   evaluate.write_reports_csv(os.path.join(test_dir, "generated_reports.csv"), examples)
   evaluate.write_json(os.path.join(test_dir, "scores.json"), out)
+  evaluate.write_examples_jsonl(os.path.join(test_dir, "examples.jsonl"), examples, run.config,
+                                run.config.eval.suites)
   logging.info("test: %s", scores.summary())
   print(f"test scores: {json.dumps(scores.values)}")
   print(f"reports: {os.path.join(test_dir, 'generated_reports.csv')}")

@@ -57,6 +57,29 @@ def _normalise(text: str, tokenize: str) -> str:
   return " ".join(text.split())
 
 
+def _scorer_inputs(hypotheses: Sequence[str], references: Sequence[str], tokenize: str
+                   ) -> tuple[list[str], list[str], dict[int, list[str]], dict[int, list[str]]]:
+  """(hyps, refs, gts, res): normalised strings and the scorers' {pair index: [string]} inputs."""
+  hyps = [_normalise(h, tokenize) for h in hypotheses]
+  refs = [_normalise(r, tokenize) for r in references]
+  return hyps, refs, {i: [r] for i, r in enumerate(refs)}, {i: [h] for i, h in enumerate(hyps)}
+
+
+def cider_per_pair(hypotheses: Sequence[str], references: Sequence[str],
+                   tokenize: str = "whitespace") -> list[float] | None:
+  """`[num_pairs]` CIDEr-D per pair (document frequencies from all pairs); None without pycocoevalcap.
+
+  The mean of these is `coco_scores`'s `cider`.
+  """
+  reference.check_pairs(hypotheses, references)
+  try:
+    from pycocoevalcap.cider.cider import Cider  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  _, _, gts, res = _scorer_inputs(hypotheses, references, tokenize)
+  return [float(s) for s in Cider().compute_score(gts, res)[1]]
+
+
 def coco_scores(hypotheses: Sequence[str], references: Sequence[str], tokenize: str = "whitespace",
                 meteor_timeout_s: float = meteor_lib.DEFAULT_TIMEOUT_S
                 ) -> tuple[dict[str, float], dict[str, str]]:
@@ -88,9 +111,7 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[str], tokenize: 
     logging.warning("coco suite skipped: pycocoevalcap is not installed")
     return {}, {"*": "pycocoevalcap is not installed; coco suite skipped"}
 
-  hyps = [_normalise(h, tokenize) for h in hypotheses]
-  refs = [_normalise(r, tokenize) for r in references]
-  res, gts = {i: [h] for i, h in enumerate(hyps)}, {i: [r] for i, r in enumerate(refs)}
+  hyps, refs, gts, res = _scorer_inputs(hypotheses, references, tokenize)
   bleus, _ = Bleu(4).compute_score(gts, res, verbose=0)
   values = {f"bleu{n}": float(b) for n, b in enumerate(bleus, start=1)}
   values["rougeL"] = float(Rouge().compute_score(gts, res)[0])

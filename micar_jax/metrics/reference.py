@@ -152,9 +152,9 @@ def rouge_l(hypotheses: Sequence[str], references: Sequence[str],
   return bootstrap_median(scores)
 
 
-def meteor_mean(hyp_tokens: Sequence[Sequence[str]], ref_tokens: Sequence[Sequence[str]],
-                wordnet: Any) -> float:
-  """Mean nltk `single_meteor_score` (alpha 0.9, beta 3, gamma 0.5) over pairs.
+def meteor_per_pair(hyp_tokens: Sequence[Sequence[str]], ref_tokens: Sequence[Sequence[str]],
+                    wordnet: Any) -> list[float]:
+  """`[num_pairs]` nltk `single_meteor_score` (alpha 0.9, beta 3, gamma 0.5).
 
   Args:
     hyp_tokens: `[num_pairs]` token lists (jury tokens in the reference).
@@ -162,8 +162,14 @@ def meteor_mean(hyp_tokens: Sequence[Sequence[str]], ref_tokens: Sequence[Sequen
     wordnet: a loaded nltk WordNet reader (`wordnet.load_wordnet`).
   """
   from nltk.translate.meteor_score import single_meteor_score  # pylint: disable=g-import-not-at-top
-  scores = [single_meteor_score(ref, hyp, alpha=0.9, beta=3, gamma=0.5, wordnet=wordnet)
-            for hyp, ref in zip(hyp_tokens, ref_tokens, strict=True)]
+  return [single_meteor_score(ref, hyp, alpha=0.9, beta=3, gamma=0.5, wordnet=wordnet)
+          for hyp, ref in zip(hyp_tokens, ref_tokens, strict=True)]
+
+
+def meteor_mean(hyp_tokens: Sequence[Sequence[str]], ref_tokens: Sequence[Sequence[str]],
+                wordnet: Any) -> float:
+  """Mean of `meteor_per_pair`."""
+  scores = meteor_per_pair(hyp_tokens, ref_tokens, wordnet)
   return sum(scores) / len(scores)
 
 

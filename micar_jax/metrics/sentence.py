@@ -1,0 +1,39 @@
+"""Sentence-level scores: one value per generated report, for browsing test results.
+
+Only metrics whose corpus value aggregates per-pair values have a per-pair
+form: `ref/rougeL`, `ref/meteor` (needs WordNet) and `coco/cider` (CIDEr-D
+with document frequencies from the whole split). The corpus BLEU values have
+no per-pair counterpart and are left out. The mean of each key over the split
+equals the corpus value of `scores.compute_scores` (for `ref/rougeL` with
+rouge_aggregate="mean"; the default, jury's bootstrap median, lies close to it).
+"""
+
+import os
+from typing import Sequence
+
+from micar_jax.metrics import coco, reference, wordnet
+
+
+def sentence_scores(hypotheses: Sequence[str], references: Sequence[str],
+                    suites: Sequence[str] = ("reference", "coco"),
+                    wordnet_dir: str | os.PathLike | None = None,
+                    coco_tokenize: str = "whitespace") -> list[dict[str, float]]:
+  """`[num_pairs]` dicts {metric key: value} of the suites' per-pair metrics.
+
+  A metric that cannot run (no WordNet, no pycocoevalcap) is left out.
+  """
+  reference.check_pairs(hypotheses, references)
+  per_pair: dict[str, list[float]] = {}
+  if "reference" in suites:
+    per_pair["ref/rougeL"] = reference.rouge_l_f1(hypotheses, references)
+    wn, _ = wordnet.load_wordnet(wordnet_dir)
+    if wn is not None:
+      per_pair["ref/meteor"] = reference.meteor_per_pair(
+          [reference.jury_tokenize(h) for h in hypotheses],
+          [reference.jury_tokenize(r) for r in references], wn)
+  if "coco" in suites:
+    cider = coco.cider_per_pair(hypotheses, references, coco_tokenize)
+    if cider is not None:
+      per_pair["coco/cider"] = cider
+  return [{key: float(values[i]) for key, values in per_pair.items()}
+          for i in range(len(hypotheses))]

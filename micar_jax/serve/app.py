@@ -1,0 +1,231 @@
+"""The web app's routes (FastAPI): test results, one example, uploads, and their JSON views.
+
+  GET  /                          results (query: word, sort, order, min_score)
+  GET  /examples/{i}              one test example
+  GET  /upload, POST /upload      the upload form and its result page (HTML)
+  POST /api/reports               uploads as JSON: [{name, id, report}]
+  GET  /uploads/{id}              one uploaded image
+  GET  /api/{examples|uploads}/{key}/view?layer=&head=   per-word view (explain's record)
+  GET  /crops/{examples|uploads}/{key}.png                the crop the network saw
+  GET  /api/stats                 batches run and images decoded so far
+
+Bad uploads get a 4xx with a one-line message: 415 for a type other than PNG or
+JPEG, 413 over config.serve.max_upload_mb per file or more than
+config.serve.max_files files, 400 for no file or an undecodable image.
+"""
+
+import asyncio
+import contextlib
+import os
+import threading
+import uuid
+from typing import Any
+
+import fastapi
+from fastapi import responses, staticfiles
+from starlette import datastructures, exceptions
+
+from micar_jax import errors, explain
+from micar_jax.data import images as images_lib
+from micar_jax.serve import engine as engine_lib
+from micar_jax.serve import pages
+from micar_jax.serve import results as results_lib
+
+CONTENT_TYPES = ("image/png", "image/jpeg")
+STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+
+
+class UploadError(Exception):
+  """A rejected upload: an HTTP status and a one-line message."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+
+
+def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 20.0,
+               max_files: int = 64) -> fastapi.FastAPI:
+  """The app over the run in `workdir`; compiles `engine`'s batch function on startup.
+
+  Args:
+    engine: decodes images (owned by the caller, who closes it).
+    workdir: the run folder whose test/ outputs are listed.
+    max_upload_mb: largest accepted file, in MiB.
+    max_files: most files in one upload request.
+  """
+  res = results_lib.load(workdir)
+  max_bytes = int(max_upload_mb * 2**20)
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_):
+    # Compiling in the background keeps the first page fast; requests queue behind it.
+    stop = threading.Event()
+    warm_up = threading.Thread(target=engine.warm_up, args=(stop,), name="warm-up", daemon=True)
+    warm_up.start()
+    yield
+    # An XLA compile cannot be interrupted; exiting under it aborts the process.
+    stop.set()
+    await asyncio.to_thread(warm_up.join)
+
+  app = fastapi.FastAPI(title="micar_jax", lifespan=lifespan, docs_url=None, redoc_url=None)
+  app.mount("/static", staticfiles.StaticFiles(directory=STATIC_DIR), name="static")
+  html = responses.HTMLResponse
+
+  def example_or_404(index: int) -> results_lib.Example:
+    example = res.get(index)
+    if example is None:
+      raise fastapi.HTTPException(404, f"no test example {index}")
+    return example
+
+  def upload_or_404(uid: str) -> tuple[str, engine_lib.Decoded]:
+    found = engine.recall(("upload", uid))
+    if found is None:
+      raise fastapi.HTTPException(404, f"no upload {uid} (uploads are kept in memory only)")
+    return found
+
+  async def decode(image) -> engine_lib.Decoded:
+    return await asyncio.wrap_future(engine.submit(image))
+
+  async def example_decoded(index: int) -> engine_lib.Decoded:
+    example = example_or_404(index)
+    decoded = engine.recall(("example", index))
+    if decoded is None:
+      try:
+        image = await asyncio.to_thread(engine.preprocess, example.image)
+      except images_lib.ImageError as e:
+        raise fastapi.HTTPException(404, str(e)) from None
+      decoded = await decode(image)
+      engine.remember(("example", index), decoded)
+    return decoded
+
+  async def read_uploads(request: fastapi.Request) -> list[tuple[str, Any]]:
+    """(file name, float32 [S, S, 3]) per file of a multipart upload, all of them valid.
+
+    Raises:
+      UploadError: any file is refused (nothing is decoded then).
+    """
+    length = request.headers.get("content-length", "0")
+    if not length.isdigit() or int(length) > max_bytes * max_files + 2**16:
+      raise UploadError(413, f"upload of {length} bytes exceeds {max_files} files of "
+                        f"{max_upload_mb:g} MiB")
+    form = await request.form(max_files=max_files + 1)
+    files = [f for f in form.getlist("files") if isinstance(f, datastructures.UploadFile)]
+    if not files:
+      raise UploadError(400, "no image uploaded: send one or more files in the 'files' field")
+    if len(files) > max_files:
+      raise UploadError(413, f"{len(files)} files in one upload; at most {max_files}")
+    loaded = []
+    for f in files:
+      name = os.path.basename(f.filename or "image")
+      kind = (f.content_type or "").split(";")[0].strip().lower()
+      if kind not in CONTENT_TYPES:
+        raise UploadError(415, f"{name}: content type {kind or 'unknown'} is not accepted; "
+                          "upload PNG or JPEG images")
+      data = await f.read(max_bytes + 1)
+      if len(data) > max_bytes:
+        raise UploadError(413, f"{name} is larger than {max_upload_mb:g} MiB")
+      try:
+        # Decoding and resizing off the event loop keeps other requests flowing.
+        loaded.append((name, await asyncio.to_thread(engine.preprocess, data)))
+      except images_lib.ImageError:
+        raise UploadError(400, f"{name} is not a readable {kind.split('/')[1].upper()} "
+                          "image") from None
+    return loaded
+
+  async def report_uploads(request: fastapi.Request) -> list[tuple[str, str, str]]:
+    """(name, id, report) per uploaded file, decoded together with concurrent requests."""
+    loaded = await read_uploads(request)
+    decoded = await asyncio.gather(*(decode(image) for _, image in loaded))
+    out = []
+    for (name, _), d in zip(loaded, decoded):
+      uid = uuid.uuid4().hex[:12]
+      engine.remember(("upload", uid), (name, d))
+      out.append((name, uid, d.report))
+    return out
+
+  @app.exception_handler(UploadError)
+  async def upload_error(request: fastapi.Request, e: UploadError):
+    if request.url.path.startswith("/api/"):
+      return responses.JSONResponse({"error": str(e)}, status_code=e.status)
+    return html(pages.upload_form(str(e)), status_code=e.status)
+
+  @app.exception_handler(exceptions.HTTPException)
+  async def http_error(request: fastapi.Request, e: exceptions.HTTPException):
+    if request.url.path.startswith(("/api/", "/crops/")):
+      return responses.JSONResponse({"error": e.detail}, status_code=e.status_code)
+    return html(pages.not_found(str(e.detail)), status_code=e.status_code)
+
+  @app.get("/", response_class=html)
+  def results_page(word: str = "", sort: str = "index", order: str = "asc",
+                   min_score: str = ""):
+    sort = sort if sort in res.score_keys else "index"
+    order = order if order in results_lib.ORDERS else "asc"
+    try:
+      threshold = float(min_score) if min_score.strip() else None
+    except ValueError:
+      threshold = None
+    shown = results_lib.select(res.examples, word, sort, order, threshold)
+    return pages.results_page(res, shown, word, sort, order, threshold)
+
+  @app.get("/examples/{index}", response_class=html)
+  def example_page(index: int):
+    example = example_or_404(index)
+    position = res.examples.index(example)
+    neighbour = lambda i: res.examples[i].index if 0 <= i < len(res.examples) else None
+    return pages.example_page(example, res.score_keys, neighbour(position - 1),
+                              neighbour(position + 1))
+
+  @app.get("/upload", response_class=html)
+  def upload_form():
+    return pages.upload_form()
+
+  @app.post("/upload", response_class=html)
+  async def upload(request: fastapi.Request):
+    return pages.uploaded_page(await report_uploads(request))
+
+  @app.post("/api/reports")
+  async def api_reports(request: fastapi.Request):
+    return [{"name": name, "id": uid, "report": report}
+            for name, uid, report in await report_uploads(request)]
+
+  @app.get("/uploads/{uid}", response_class=html)
+  def upload_page(uid: str):
+    name, decoded = upload_or_404(uid)
+    return pages.upload_page(uid, name, decoded.report)
+
+  def view(decoded: engine_lib.Decoded, layer: str, head: str) -> dict[str, Any]:
+    try:
+      return engine.view(decoded, layer, head)
+    except errors.UserError as e:
+      raise fastapi.HTTPException(400, str(e)) from None
+
+  @app.get("/api/examples/{index}/view")
+  async def example_view(index: int, layer: str = "", head: str = ""):
+    decoded = await example_decoded(index)
+    return view(decoded, layer or engine.default_layer, head or engine.default_head)
+
+  @app.get("/api/uploads/{uid}/view")
+  def upload_view(uid: str, layer: str = "", head: str = ""):
+    return view(upload_or_404(uid)[1], layer or engine.default_layer, head or engine.default_head)
+
+  png = lambda crop: responses.Response(engine_lib.png_bytes(crop), media_type="image/png",
+                                        headers={"Cache-Control": "max-age=3600"})
+
+  @app.get("/crops/examples/{index}.png")
+  def example_crop(index: int):
+    try:
+      image = engine.preprocess(example_or_404(index).image)
+    except images_lib.ImageError as e:
+      raise fastapi.HTTPException(404, str(e)) from None
+    return png(explain.unnormalise(image))
+
+  @app.get("/crops/uploads/{uid}.png")
+  def upload_crop(uid: str):
+    return png(upload_or_404(uid)[1].crop)
+
+  @app.get("/api/stats")
+  def stats():
+    return {"batches": engine.batcher.calls, "images": engine.batcher.rows,
+            "batch_sizes": engine.batcher.sizes}
+
+  return app
