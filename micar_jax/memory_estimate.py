@@ -7,15 +7,16 @@ the backward pass, gradients, optimizer updates) - the donated state (its
 outputs reuse the inputs' buffers) + generated code. The same executable then
 runs the training, so checking costs no second compilation.
 
-Free memory: on CPU the host's MemAvailable (all local devices share it); on
-GPU/TPU each device's bytes_limit - bytes_in_use from memory_stats().
+Free memory: on CPU the host's MemAvailable (all local devices share it; the
+process's own resident memory so far, mostly the runtime and the compiler, is
+outside both and is reported beside them); on GPU/TPU each device's
+bytes_limit - bytes_in_use from memory_stats().
 config.train.memory_check: "refuse" (default) stops with one line when the
 estimate exceeds the free memory, "warn" prints that line and goes on, "off"
 skips the comparison.
 """
 
 import dataclasses
-import os
 from typing import Any, Sequence
 
 import jax
@@ -39,10 +40,13 @@ class Estimate:
       the mesh's devices, which share the host RAM; else one device's).
     available: free bytes of that pool, None when the backend does not say.
     pool: what `available` measures, for messages.
+    in_use: CPU only: this process's resident bytes already (runtime, compiler,
+      libraries), outside `needed`; its peak is about in_use + needed.
   """
   needed: int
   available: int | None
   pool: str
+  in_use: int | None = None
 
   @property
   def fits(self) -> bool:
@@ -80,26 +84,34 @@ def compiled_bytes(compiled: Any) -> int | None:
              + stats.generated_code_size_in_bytes)
 
 
-def host_available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
-  """The kernel's MemAvailable (free + reclaimable cache), None where there is no /proc."""
+def _proc_bytes(path: str, key: str) -> int | None:
+  """The "<key>: N kB" value of a /proc file in bytes, None if absent or unreadable."""
   try:
-    with open(meminfo, encoding="ascii") as f:
+    with open(path, encoding="ascii") as f:
       for line in f:
-        if line.startswith("MemAvailable:"):
+        if line.startswith(key + ":"):
           return int(line.split()[1]) * 1024
   except OSError:
     pass
-  try:
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  except (ValueError, OSError):
-    return None
+  return None
+
+
+def host_available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+  """The kernel's MemAvailable (free + reclaimable cache), None where there is no /proc."""
+  return _proc_bytes(meminfo, "MemAvailable")
+
+
+def process_rss_bytes(status: str = "/proc/self/status") -> int | None:
+  """This process's resident set size now (VmRSS), None where there is no /proc."""
+  return _proc_bytes(status, "VmRSS")
 
 
 def estimate(per_device: int, devices: Sequence[jax.Device]) -> Estimate:
   """The pool `per_device` bytes on each of `devices` draw from, and its free bytes."""
   device = devices[0]
   if device.platform == "cpu":
-    return Estimate(per_device * len(devices), host_available_bytes(), "free host RAM")
+    return Estimate(per_device * len(devices), host_available_bytes(), "free host RAM",
+                    process_rss_bytes())
   stats = device.memory_stats() or {}
   limit = stats.get("bytes_limit")
   free = None if limit is None else int(limit) - int(stats.get("bytes_in_use", 0))
@@ -109,7 +121,16 @@ def estimate(per_device: int, devices: Sequence[jax.Device]) -> Estimate:
 def describe(est: Estimate) -> str:
   """'needs ~1.2 GiB of 8.0 GiB free host RAM' (the status line's memory part)."""
   have = "" if est.available is None else f" of {est.available / GIB:.1f} GiB"
-  return f"needs ~{est.needed / GIB:.2f} GiB{have} {est.pool}"
+  used = "" if est.in_use is None else f" (this process holds {est.in_use / GIB:.2f} GiB already)"
+  return f"needs ~{est.needed / GIB:.2f} GiB{have} {est.pool}{used}"
+
+
+def check_mode(config: ml_collections.ConfigDict) -> str:
+  """config.train.memory_check, validated (before minutes of compilation, not after)."""
+  mode = config.train.memory_check
+  if mode not in MEMORY_CHECKS:
+    raise errors.UserError(f"config.train.memory_check={mode!r}; expected one of {MEMORY_CHECKS}")
+  return mode
 
 
 def check(est: Estimate, config: ml_collections.ConfigDict) -> str | None:
@@ -118,9 +139,7 @@ def check(est: Estimate, config: ml_collections.ConfigDict) -> str | None:
   Raises:
     errors.UserError: the estimate exceeds the free memory and memory_check="refuse".
   """
-  mode = config.train.memory_check
-  if mode not in MEMORY_CHECKS:
-    raise errors.UserError(f"config.train.memory_check={mode!r}; expected one of {MEMORY_CHECKS}")
+  mode = check_mode(config)
   if mode == "off" or not est.tight:
     return None
   advice = (f"use --config=configs/{config.dataset}.py:tiny or a smaller --config.train.batch_size (now "

@@ -19,6 +19,13 @@ last good state and no diverged model is validated, kept as best or tested.
 SIGINT/SIGTERM stop between two steps or two validation batches, after saving.
 A run that stopped at train.max_steps continues when rerun with a higher limit
 (or none).
+
+Start-up: each phase (compiling the train step, initialising the model,
+building the input pipeline, restoring) prints one status line with its time.
+The train step is compiled from shapes before any state exists, and its
+compiled memory is checked against the free memory (memory_estimate.py).
+images/s counts train steps only (not compilation, validation or the steps of
+another logging interval).
 """
 
 import dataclasses
@@ -216,6 +223,7 @@ def _compile_train_step(run: run_lib.Run, tx, init_fn):
   Raises:
     errors.UserError: the step will not fit in free memory (train.memory_check="refuse").
   """
+  memory_estimate.check_mode(run.config)
   abstract_state = sharding.abstract_sharded(init_fn, run.mesh, run.rules,
                                              jax.random.PRNGKey(run.config.seed))
   state_shardings = jax.tree.map(lambda a: a.sharding, abstract_state)

@@ -41,12 +41,19 @@ def test_host_memory_is_read_from_meminfo(tmp_path):
   meminfo = tmp_path / "meminfo"
   meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:    8000000 kB\n")
   assert memory_estimate.host_available_bytes(str(meminfo)) == 8000000 * 1024
+  status = tmp_path / "status"
+  status.write_text("Name:\tpython\nVmRSS:\t  1500000 kB\n")
+  assert memory_estimate.process_rss_bytes(str(status)) == 1500000 * 1024
+  assert memory_estimate.host_available_bytes(str(tmp_path / "missing")) is None
+  assert memory_estimate.process_rss_bytes() > 0  # this process
 
 
 def test_cpu_devices_share_the_host_memory():
   est = memory_estimate.estimate(GIB, jax.devices()[:1] * 4)
   assert est.needed == 4 * GIB and est.pool == "free host RAM"
-  assert est.available > 0
+  assert est.available > 0 and est.in_use > 0
+  assert memory_estimate.describe(est).endswith("GiB free host RAM (this process holds "
+                                                f"{est.in_use / GIB:.2f} GiB already)")
 
 
 @pytest.mark.parametrize("needed, mode, outcome", [
