@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from micar_jax import errors
-from micar_jax.tools import parity, parity_train
+from micar_jax.tools import parity, parity_train, torch_reference
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -38,7 +38,7 @@ def test_same_generation():
 
 
 def test_random_inputs_pad_only_the_last_row():
-  images, ids, pad_mask = parity.random_inputs(2, 16, 8, 20, seed=0)
+  images, ids, pad_mask = torch_reference.random_inputs(2, 16, 8, 20, seed=0)
   assert images.shape == (2, 3, 16, 16)
   assert np.all(ids[:, 0] == parity.SOS)
   assert np.all(pad_mask[0]) and pad_mask[1].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
@@ -47,13 +47,13 @@ def test_random_inputs_pad_only_the_last_row():
 
 def test_backbone_must_be_the_references():
   with pytest.raises(errors.UserError, match="the reference's backbone is a ResNet-101"):
-    parity.build_reference("/nonexistent", covctr("tiny"), 10, 0)
+    torch_reference.build_reference("/nonexistent", covctr("tiny"), 10, 0)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
 def test_missing_torch_is_one_clear_line():
   with pytest.raises(errors.UserError, match="the parity check needs"):
-    parity.build_reference("/nonexistent", covctr(), 10, 0)
+    torch_reference.build_reference("/nonexistent", covctr(), 10, 0)
 
 
 needs_reference = pytest.mark.skipif(

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from micar_jax.data.tokenizer import PAD
-from micar_jax.tools import parity
+from micar_jax.tools import torch_reference
 
 # The reference optimises these modules at lr; `vis_enc` at v_lr.
 _REST_MODULES = ("proj", "text_embs", "encoder", "decoder", "gen_logits")
@@ -65,7 +65,7 @@ def train_batches(batch: int, image_size: int, seq_len: int, vocab_size: int, se
   """
   out = []
   for i in range(steps):
-    images, ids, pad_mask = parity.random_inputs(batch, image_size, seq_len, vocab_size,
+    images, ids, pad_mask = torch_reference.random_inputs(batch, image_size, seq_len, vocab_size,
                                                  seed + 1 + i)
     labels = np.concatenate([ids[:, 1:], np.full((batch, 1), PAD, ids.dtype)], axis=1)
     out.append({"images": images, "input_ids": ids, "pad_mask": pad_mask, "labels": labels})
@@ -127,8 +127,8 @@ def _reference_side(reference_src: str, config, mc, batches, vocab_size: int, se
                     dtype: str, out_dir: str, image_scale: float = 1.0):
   """The reference's start (as our variables, numpy) and its steps (`_reference_run`)."""
   from micar_jax.convert import official  # pylint: disable=g-import-not-at-top
-  torch, _ = parity._import_torch()  # pylint: disable=protected-access
-  ref = parity.build_reference(reference_src, config, vocab_size, seed)
+  torch, _ = torch_reference.import_torch()
+  ref = torch_reference.build_reference(reference_src, config, vocab_size, seed)
   if dtype == "float64":
     from architecture import blocks  # pylint: disable=g-import-not-at-top,import-error
     ref = ref.double()
