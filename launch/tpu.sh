@@ -10,15 +10,20 @@ usage() {
 Usage: ${PROG} COMMAND --name NAME --zone ZONE [options] [-- MAIN_FLAGS...]
 
 Commands:
-  create   create the TPU VM (or a queued resource with --queued, then wait
-           until it is ACTIVE)
+  create   plan the run (below), then create the TPU VM (or a queued
+           resource with --queued, then wait until it is ACTIVE)
   setup    copy the code to every worker, make a venv there and
-           pip install -e . 'jax[tpu]'
+           pip install -e '.[tpu]'
   run      run \`python -m micar_jax.main MAIN_FLAGS...\` on every worker;
            each worker appends its output to ~/micar_logs/HOSTNAME.log
   logs     copy ~/micar_logs of every worker into --logs-dir
   delete   delete the TPU VM (with --queued: the queued resource and its VM)
   all      create, setup, run, then logs and delete even if a step failed
+
+Before create and all, \`python -m micar_jax.plan --require_fit\` compiles the
+train step of MAIN_FLAGS' --config and --config.* overrides for the
+accelerator type on this machine (needs '.[tpu]' installed here, no TPU) and
+refuses a run that would not fit in the chips' memory (exit 2, one line).
 
 Options:
   --name NAME              TPU (and queued resource) name (required)
@@ -34,7 +39,9 @@ Options:
   --logs-dir DIR           local folder for logs (default: tpu_logs/NAME)
   --keep                   with all: keep the TPU after the run
   --env KEY=VALUE          environment variable for run; repeatable
-  --dry-run                print the commands instead of running them
+  --skip-plan              create without planning the run first
+  --dry-run                print the plan's summary (as # comments) and the
+                           commands instead of running them
   -h, --help               show this help
 
 Example:
@@ -62,6 +69,9 @@ LOGS_DIR=""
 QUEUED=0
 SPOT=0
 KEEP=0
+PLAN=1
+# The local Python that has micar_jax and jax[tpu] (for the plan).
+PYTHON="${PYTHON:-python3}"
 
 split_args "$@"
 set -- "${FLAGS[@]+"${FLAGS[@]}"}"
@@ -74,6 +84,7 @@ while (($#)); do
     --queued) QUEUED=1; shift ;;
     --spot) SPOT=1; shift ;;
     --keep) KEEP=1; shift ;;
+    --skip-plan) PLAN=0; shift ;;
     --name|--zone|--project|--accelerator-type|--runtime-version|--logs-dir)
       take_value "$@"; assign_flag "$1" "${VALUE}"; shift 2 ;;
     --*) die "unknown argument '$1' (see --help)" ;;
@@ -131,7 +142,40 @@ wait_until_active() {
   die "could not read the state of queued resource ${NAME}"
 }
 
+# Compiles the train step for ACCELERATOR_TYPE with the run's config
+# (micar_jax.plan) and dies with the plan's one-line reason when it would not
+# fit; prints the plan's summary (as comments under --dry-run).
+plan_fit() {
+  local args=() arg out err rc
+  for arg in "${PASSTHROUGH[@]+"${PASSTHROUGH[@]}"}"; do
+    case "${arg}" in --config=*|--config.*) args+=("${arg}") ;; esac
+  done
+  if ((${#args[@]} == 0)); then
+    echo "${PROG}: no --config=FILE after --, so the run was not planned" >&2
+    return
+  fi
+  err="$(mktemp)"
+  rc=0
+  out="$(cd "${REPO_ROOT}" && "${PYTHON}" -m micar_jax.plan \
+    --topology="${ACCELERATOR_TYPE}" --require_fit "${args[@]}" 2>"${err}")" || rc=$?
+  if ((rc)); then
+    local reason
+    reason="$(grep '^error: ' "${err}" | tail -n 1)"
+    rm -f "${err}"
+    reason="${reason#error: }"
+    die "plan: ${reason:-micar_jax.plan failed (exit ${rc})}; --skip-plan skips the check"
+  fi
+  rm -f "${err}"
+  # The last line is the plan's JSON; the rest is its table.
+  if ((DRY_RUN)); then
+    printf '%s\n' "${out}" | sed '$d' | sed 's/^/# /'
+  else
+    printf '%s\n' "${out}" | sed '$d'
+  fi
+}
+
 create_tpu() {
+  if ((PLAN)); then plan_fit; fi
   if ((QUEUED)); then
     run_cmd gcloud compute tpus queued-resources create "${NAME}" \
       --node-id="${NAME}" --accelerator-type="${ACCELERATOR_TYPE}" \
@@ -158,7 +202,7 @@ setup_workers() {
 { sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv && \
 python3 -m venv ../${REMOTE_VENV}; }; \
 ../${REMOTE_VENV}/bin/pip install -q -U pip; \
-../${REMOTE_VENV}/bin/pip install -q -e . 'jax[tpu]'"
+../${REMOTE_VENV}/bin/pip install -q -e '.[tpu]'"
 }
 
 run_main() {

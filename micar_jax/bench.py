@@ -49,7 +49,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from micar_jax import bench_sweeps, decode, device_memory, errors, flops, profiling, sharding
+from micar_jax import bench_sweeps, chips, decode, device_memory, errors, flops, profiling, sharding
 from micar_jax import steps, summary, timing
 from micar_jax.data import sources
 from micar_jax.models import model as model_lib
@@ -90,13 +90,6 @@ def define_flags() -> None:
 
 # Vocabulary size when neither the config nor a data folder gives one (MMR's order).
 DEFAULT_VOCAB = 2046
-# Dense bf16 peak TFLOP/s per device; the first substring of the lower-cased
-# device kind that matches wins (so specific names precede general ones).
-PEAK_TFLOPS = (
-    ("h100 pcie", 756.0), ("h100", 989.0), ("h200", 989.0), ("a100", 312.0),
-    ("tpu v4", 275.0), ("tpu v5 lite", 197.0), ("tpu v5e", 197.0), ("tpu v5p", 459.0),
-    ("tpu v5", 459.0), ("tpu v6 lite", 918.0), ("tpu v6e", 918.0),
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +118,8 @@ class Options:
 
 def peak_tflops(device_kind: str) -> float | None:
   """The dense bf16 peak of a device kind (jax's `device.device_kind`), None if unknown."""
-  kind = device_kind.lower()
-  return next((peak for name, peak in PEAK_TFLOPS if name in kind), None)
+  chip = chips.by_device_kind(device_kind)
+  return chip.peak_tflops if chip else None
 
 
 def model_flops_per_image(mc: model_lib.ModelConfig, image_size: int) -> int:

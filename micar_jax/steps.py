@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from micar_jax import sharding
 from micar_jax.models import model as model_lib
 
 Array = jax.Array
@@ -166,6 +167,16 @@ def make_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
     return new_state, metrics
 
   return train_step
+
+
+def jit_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
+                   config: ml_collections.ConfigDict, state_shardings: Any,
+                   mesh: jax.sharding.Mesh) -> Callable:
+  """The train step as training jits it: the state keeps its shardings and is donated,
+  the batch is split over the mesh's batch axes (also what bench times and plan compiles)."""
+  return jax.jit(make_train_step(mc, tx, config),
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
 def make_eval_step(mc: model_lib.ModelConfig, config: ml_collections.ConfigDict) -> Callable:

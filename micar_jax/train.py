@@ -229,9 +229,7 @@ def _compile_train_step(run: run_lib.Run, tx, init_fn):
   state_shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
   batch = memory_estimate.abstract_batch(run.config, run.tokenizer.text_seq_len,
                                          run.batch_sharding)
-  step = jax.jit(steps.make_train_step(run.model_config, tx, run.config),
-                 in_shardings=(state_shardings, run.batch_sharding),
-                 out_shardings=(state_shardings, None), donate_argnums=(0,))
+  step = steps.jit_train_step(run.model_config, tx, run.config, state_shardings, run.mesh)
   with status.phase("compiling the train step", run.is_lead) as info:
     with sharding.use_mesh(run.mesh, run.rules):
       compiled = step.lower(abstract_state, batch).compile()

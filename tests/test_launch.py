@@ -7,6 +7,7 @@ lines are split into words by bash itself, which checks that the
 quoting survives a real shell.
 """
 
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -39,14 +40,15 @@ def launch(tmp_path):
         'case " $* " in *" $fail "*) [ -n "$fail" ] && exit 3;; esac\n'
         'exit 0\n')
     stub.chmod(0o755)
-  env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+  # PYTHON: the interpreter tpu.sh plans runs with (this one, which has micar_jax).
+  env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHON": sys.executable}
 
   def run(script, *args):
     if run.fail_on:
       fail_on.write_text(run.fail_on)
     return subprocess.run(
         ["bash", str(LAUNCH / script), *args], capture_output=True,
-        text=True, env=env, cwd=tmp_path, timeout=30, check=False)
+        text=True, env=env, cwd=tmp_path, timeout=600, check=False)
 
   run.fail_on = ""
   run.calls = lambda: calls.read_text().splitlines() if calls.exists() else []
@@ -85,7 +87,7 @@ def remote_main_words(command):
 
 TPU_ALL = ("all", "--name", "micar-v4", "--zone", "us-central2-b",
            "--accelerator-type=v4-32", "--queued", "--spot",
-           "--project", "proj", "--env", "TFDS_DATA_DIR=gs://b/tfds dir")
+           "--project", "proj", "--env", "TFDS_DATA_DIR=gs://b/tfds dir", "--skip-plan")
 
 
 def test_tpu_all_queued_runs_every_step_on_all_workers(launch):
@@ -118,7 +120,7 @@ def test_tpu_all_queued_runs_every_step_on_all_workers(launch):
   assert {"pyproject.toml", "micar_jax", "configs"} <= copied
   assert not copied & {"tests", ".venv", ".git"}
   setup_cmd = flag(setup, "--command")
-  assert "pip install -q -e . 'jax[tpu]'" in setup_cmd
+  assert "pip install -q -e '.[tpu]'" in setup_cmd
   assert remote_main_words(flag(train, "--command")) == [
       "env", "TFDS_DATA_DIR=gs://b/tfds dir", "../micar_venv/bin/python",
       "-m", "micar_jax.main", *MAIN_FLAGS[1:]]
@@ -137,7 +139,7 @@ def test_tpu_all_keep_skips_delete(launch):
 def test_tpu_all_fetches_logs_and_deletes_after_a_failed_step(launch, tmp_path,
                                                              keep):
   launch.fail_on = "ssh"
-  result = launch("tpu.sh", "all", "--name", "t", "--zone", "z",
+  result = launch("tpu.sh", "all", "--name", "t", "--zone", "z", "--skip-plan",
                   "--accelerator-type", "v4-8", *(["--keep"] if keep else []))
   assert result.returncode == 3
   steps = [call.split()[3:5] for call in launch.calls()]
@@ -154,7 +156,7 @@ def test_tpu_all_fetches_logs_and_deletes_after_a_failed_step(launch, tmp_path,
 ])
 def test_tpu_create_vm_picks_runtime_by_generation(launch, accelerator,
                                                    runtime):
-  (line,) = dry_run_lines(launch, "tpu.sh", "create", "--name", "t",
+  (line,) = dry_run_lines(launch, "tpu.sh", "create", "--name", "t", "--skip-plan",
                           "--zone", "z", "--accelerator-type", accelerator)
   ws = words(line)
   assert ws[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "t"]
@@ -163,8 +165,41 @@ def test_tpu_create_vm_picks_runtime_by_generation(launch, accelerator,
   assert "--spot" not in ws and not any(w.startswith("--project") for w in ws)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None,
+                    reason="libtpu is installed, so the plan compiles instead of failing")
+def test_tpu_create_refuses_in_one_line_when_the_plan_cannot_run(launch):
+  result = launch("tpu.sh", "create", "--name", "t", "--zone", "z", "--accelerator-type",
+                  "v5litepod-8", "--", "--config=configs/mmr.py:tiny", "--workdir=w")
+  assert result.returncode == 2 and launch.calls() == []
+  (line,) = result.stderr.splitlines()
+  assert line.startswith("tpu.sh: error: plan: topology v5litepod-8 needs libtpu")
+  assert line.endswith("--skip-plan skips the check")
+
+
+def test_tpu_create_without_a_config_says_it_did_not_plan(launch):
+  result = launch("tpu.sh", "create", "--dry-run", "--name", "t", "--zone", "z",
+                  "--accelerator-type", "v5litepod-8")
+  assert result.returncode == 0
+  assert result.stderr == "tpu.sh: no --config=FILE after --, so the run was not planned\n"
+  assert result.stdout.startswith("gcloud compute tpus tpu-vm create t")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="needs libtpu: pip install -e '.[tpu]'")
+def test_tpu_dry_run_prints_the_plan_summary_as_comments(launch):
+  result = launch("tpu.sh", "create", "--dry-run", "--name", "t", "--zone", "z",
+                  "--accelerator-type", "v5litepod-8", "--", "--config=configs/mmr.py:tiny",
+                  "--config.data.text_seq_len=8", "--config.train.batch_size=8")
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("# topology  v5litepod-8: 8 x TPU v5 lite")
+  assert any(l.startswith("#   ESTIMATE") for l in lines)
+  assert lines[-1].startswith("gcloud compute tpus tpu-vm create t")
+
+
 def test_tpu_runtime_version_flag_overrides_default(launch):
-  (line,) = dry_run_lines(launch, "tpu.sh", "create", "--name", "t",
+  (line,) = dry_run_lines(launch, "tpu.sh", "create", "--name", "t", "--skip-plan",
                           "--zone", "z", "--accelerator-type", "v5p-8",
                           "--runtime-version", "tpu-ubuntu2204-base")
   assert flag(words(line), "--version") == "tpu-ubuntu2204-base"

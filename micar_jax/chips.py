@@ -1,0 +1,73 @@
+"""Per-chip hardware figures: the one table that planning and benchmarking read.
+
+Sources (vendor specification pages, read 2026-11):
+  TPU v4   cloud.google.com/tpu/docs/v4   (275 TFLOP/s bf16; 32 GiB HBM2 at 1200 GB/s).
+           Its ICI figure is not on that page: 6 links x 45 GB/s one way each, from
+           "How to Scale Your Model" (jax-ml.github.io/scaling-book), part "TPUs".
+  TPU v5e  cloud.google.com/tpu/docs/v5e  (197 TFLOP/s; 16 GiB at 819 GB/s; ICI 400 GB/s
+           bidirectional per chip).
+  TPU v5p  cloud.google.com/tpu/docs/v5p  (459 TFLOP/s; 95 GiB at 2765 GB/s; ICI 1200 GB/s
+           bidirectional per chip).
+  TPU v6e  cloud.google.com/tpu/docs/v6e  (918 TFLOP/s; 32 GiB at 1638 GB/s; ICI 800 GB/s
+           bidirectional per chip).
+  GPUs     NVIDIA's H100, H200 and A100 datasheets (dense bf16 TFLOP/s, no sparsity);
+           only the peak is used (micar_jax.bench's MFU), so only the peak is listed.
+
+A figure the sources do not give is None, and whatever needs it reports "unknown"
+rather than a guess. A CPU has no entry: simulated CPU devices share the host's
+memory and their speed is nobody's specification (see `cpu_chip`).
+"""
+
+import dataclasses
+import os
+
+GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One accelerator chip (for TPU v4/v5p: both TensorCores, i.e. one JAX device).
+
+  Attributes:
+    name: short generation name ("v5p", "h100", "cpu").
+    kinds: lower-case substrings of jax's `device.device_kind` that mean this chip.
+    peak_tflops: dense bf16 peak, TFLOP/s.
+    hbm_bytes: device memory, bytes.
+    hbm_gbps: device memory bandwidth, GB/s (1e9 bytes/s).
+    ici_gbps: inter-chip interconnect bandwidth per chip, one direction, GB/s
+      (half the vendor's bidirectional figure).
+  """
+
+  name: str
+  kinds: tuple[str, ...]
+  peak_tflops: float | None
+  hbm_bytes: int | None = None
+  hbm_gbps: float | None = None
+  ici_gbps: float | None = None
+
+
+# Order matters for `by_device_kind`: specific kinds precede their prefixes
+# ("tpu v5 lite" before "tpu v5", "h100 pcie" before "h100").
+CHIPS: tuple[Chip, ...] = (
+    Chip("v4", ("tpu v4",), 275.0, 32 * GIB, 1200.0, 6 * 45.0),
+    Chip("v5e", ("tpu v5 lite", "tpu v5e"), 197.0, 16 * GIB, 819.0, 400.0 / 2),
+    Chip("v5p", ("tpu v5p", "tpu v5"), 459.0, 95 * GIB, 2765.0, 1200.0 / 2),
+    Chip("v6e", ("tpu v6 lite", "tpu v6e"), 918.0, 32 * GIB, 1638.0, 800.0 / 2),
+    Chip("h100-pcie", ("h100 pcie",), 756.0),
+    Chip("h100", ("h100",), 989.0),
+    Chip("h200", ("h200",), 989.0),
+    Chip("a100", ("a100",), 312.0),
+)
+TPU_GENERATIONS = {c.name: c for c in CHIPS if c.kinds[0].startswith("tpu")}
+
+
+def by_device_kind(device_kind: str) -> Chip | None:
+  """The chip whose kind substring first matches `device.device_kind`, or None."""
+  kind = device_kind.lower()
+  return next((c for c in CHIPS if any(k in kind for k in c.kinds)), None)
+
+
+def cpu_chip(num_devices: int) -> Chip:
+  """Simulated CPU devices: each gets an equal share of the host's memory, no speeds."""
+  host_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return Chip("cpu", ("cpu",), None, host_bytes // max(num_devices, 1))
