@@ -103,9 +103,10 @@ def run_cli(*args):
                         capture_output=True, text=True, timeout=1800)
 
 
+@pytest.mark.slow
 def test_search_ranks_meshes_and_prints_the_commands_that_launch_them():
   out = run_cli("--topology=cpu:2", "--search", "--batch_sizes=2", "--search_axes=data,fsdp",
-                "--config.model.num_experts=2")
+                "--nodecode", "--config.model.num_experts=2")
   assert out.returncode == 0, out.stderr
   result = json.loads(out.stdout.splitlines()[-1])
   # data=2 or fsdp=2: both split a batch of 2 and fit.
