@@ -178,6 +178,9 @@ RULES: tuple[Rule, ...] = (
     _mesh_axis("mesh.fsdp"),
     _mesh_axis("mesh.expert"),
     _mesh_axis("mesh.tensor"),
+    _num("serve.max_wait_ms", float, 0),
+    _num("serve.max_upload_mb", float, 0, lo_open=True),
+    _num("serve.max_files", int, 1),
     _path("init_from"),
 )
 
