@@ -154,6 +154,7 @@ RULES: tuple[Rule, ...] = (
     _num("train.log_every", int, 1),
     _num("train.checkpoint_every", int, 1),
     _num("train.skip_nonfinite_steps", int, 0),
+    _num("train.max_zero_grad_steps", int, 0),
     _flag("train.keep_last_partial_batch"),
     _text("train.select_suite"),
     _text("train.select_key"),

@@ -154,6 +154,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Non-finite steps (loss, gradient or update) whose update is skipped before training
   # stops with an error; 0 = stop at the first one. The skips are counted in metrics.jsonl.
   c.train.skip_nonfinite_steps = 0
+  # Stop when the gradient norm is exactly 0 for this many steps in a row (a collapsed
+  # model that would otherwise train on and be tested); 0 never stops.
+  c.train.max_zero_grad_steps = 10
   # Keep the last partial training batch (reference) instead of dropping it.
   c.train.keep_last_partial_batch = False
   # Metric suite that scores the validation set for checkpoint selection (metrics/scores.py).

@@ -60,7 +60,7 @@ class LoopState:
 
 
 class _FiniteFlags:
-  """The finite flags of the steps not yet read back from the device.
+  """The finite flags and gradient norms of the steps not yet read back from the device.
 
   They are read (one transfer) only where the loop syncs anyway: at log steps,
   before a save and at an epoch's end.
@@ -68,16 +68,18 @@ class _FiniteFlags:
 
   def __init__(self, run: run_lib.Run, loop: LoopState):
     self._run, self._loop, self._pending = run, loop, []
+    self._zero_grad_steps = 0
 
-  def add(self, step: int, finite: jax.Array) -> None:
-    self._pending.append((step, finite))
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self._pending.append((step, (metrics["finite"], metrics["grad_norm"])))
 
   def check(self) -> None:
-    """Counts the non-finite steps; raises stopping.Diverged past the allowed number."""
-    flags = jax.device_get([finite for _, finite in self._pending])
+    """Raises stopping.Diverged past the allowed non-finite steps or on a collapse."""
+    flags = jax.device_get([flag for _, flag in self._pending])
     pending, self._pending = self._pending, []
     allowed = self._run.config.train.skip_nonfinite_steps
-    for (step, _), finite in zip(pending, flags):
+    for (step, _), (finite, grad_norm) in zip(pending, flags):
+      self._check_collapse(step, finite and grad_norm == 0)
       if finite:
         continue
       self._loop.skipped_steps += 1
@@ -88,6 +90,18 @@ class _FiniteFlags:
       logging.warning("step %d: non-finite loss, gradient or update; its update is skipped "
                       "(%d of train.skip_nonfinite_steps=%d)", step, self._loop.skipped_steps,
                       allowed)
+
+
+  def _check_collapse(self, step: int, zero_grad: bool) -> None:
+    """A finite step whose gradient is exactly 0 learns nothing; many in a row is a collapse."""
+    self._zero_grad_steps = self._zero_grad_steps + 1 if zero_grad else 0
+    limit = self._run.config.train.max_zero_grad_steps
+    if limit and self._zero_grad_steps >= limit:
+      raise stopping.Diverged(
+          f"training collapsed: the gradient norm was exactly 0 for {self._zero_grad_steps} "
+          f"steps in a row (to step {step}, train.max_zero_grad_steps={limit}); the model no "
+          "longer learns and its checkpoints hold the collapsed state: lower train.lr and "
+          "start again in a new workdir")
 
 
 def _last_good(run: run_lib.Run) -> str:
@@ -184,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               state, metrics = train_step(state, batch)
               step += 1
               timed_steps += 1
-              flags.add(step, metrics["finite"])
+              flags.add(step, metrics)
               progress.update(1)
               if step % config.train.log_every == 0 or step == epoch_end:
                 flags.check()

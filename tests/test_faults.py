@@ -187,6 +187,19 @@ def test_a_huge_lr_stops_at_the_first_nonfinite_step_and_scores_nothing(tmp_path
   assert not os.path.exists(os.path.join(workdir, "test", "scores.json"))
 
 
+def test_a_collapsed_model_stops_with_one_line_and_scores_nothing(tmp_path):
+  # lr=1e4 leaves the tiny model finite but dead: its gradient norm is exactly 0.
+  workdir = str(tmp_path / "run")
+  out = run_cli(*args_for(tmp_path / "data", workdir, "--config.train.lr=1e4",
+                          "--config.train.max_zero_grad_steps=3", "--config.train.max_steps=12",
+                          "--config.train.log_every=4"))
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert_no_traceback(out)
+  assert last_line(out.stderr).startswith("error: training collapsed: the gradient norm was "
+                                          "exactly 0 for 3 steps in a row")
+  assert not os.path.exists(os.path.join(workdir, "test", "scores.json"))
+
+
 @pytest.mark.slow
 def test_nan_in_a_chosen_epoch_keeps_the_last_good_checkpoint_latest(tmp_path):
   # StepLR with gamma=1e30 multiplies the lr by 1e30 when epoch 2 starts (step 5).
