@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
@@ -75,8 +76,14 @@ def make_mesh(config: ml_collections.ConfigDict,
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(config, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  try:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  except NotImplementedError:
+    # A mesh axis that is no product of the torus' physical axes (e.g. 8 on a 16x16
+    # v6e-256): lay it out by splitting physical axes instead of refusing.
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def logical_rules() -> LogicalRules:
