@@ -284,14 +284,18 @@ def search(config: ml_collections.ConfigDict, topo: topology_lib.Topology,
   mc = model_config(config)
   devices = topology_lib.devices(topo)
   flops_per_image = bench.model_flops_per_image(mc, config.data.image_size)
-  candidates = []
+  candidates, unmappable = [], 0
   for batch_size in batch_sizes:
     for sizes in meshes(len(devices), mc.num_experts, batch_size, axes):
       trial = config.copy_and_resolve_references()
       trial.train.batch_size = batch_size
       for axis, size in zip(sharding.MESH_AXES, sizes):
         trial.mesh[axis] = size
-      mesh = _mesh(trial, devices)
+      try:
+        mesh = _mesh(trial, devices)
+      except ValueError:  # no layout on the physical torus: not a candidate
+        unmappable += 1
+        continue
       candidates.append(train_json(trial, mc, topo, mesh, plan_train(trial, mc, mesh),
                                    flops_per_image))
   if not candidates:
@@ -300,7 +304,8 @@ def search(config: ml_collections.ConfigDict, topo: topology_lib.Topology,
   fitting = [c for c in candidates if c["fits"]]
   fitting.sort(key=lambda c: (_time_per_image(c), c["need_bytes"]))
   return {"topology": topology_json(topo, devices[0]), "model": model_json(mc),
-          "compiled": len(candidates), "fit": len(fitting), "ranked": fitting,
+          "compiled": len(candidates), "unmappable": unmappable, "fit": len(fitting),
+          "ranked": fitting,
           "estimate_note": "ranked by estimated time per image; " + roofline.NOTE,
           "search_s": round(time.perf_counter() - start, 3)}
 

@@ -29,7 +29,6 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
@@ -72,7 +71,7 @@ def make_mesh(config: ml_collections.ConfigDict,
     devices: devices to lay out (default: all of them, every process).
 
   Raises:
-    ValueError: the sizes do not fit the device count (one line).
+    ValueError: the sizes do not fit the device count or the physical torus (one line).
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(config, len(devices))
@@ -80,10 +79,12 @@ def make_mesh(config: ml_collections.ConfigDict,
   try:
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
   except NotImplementedError:
-    # A mesh axis that is no product of the torus' physical axes (e.g. 8 on a 16x16
-    # v6e-256): lay it out by splitting physical axes instead of refusing.
-    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-    return Mesh(grid, MESH_AXES, axis_types=axis_types)
+    # jax lays a TPU mesh out only when each axis is a product of physical torus axes
+    # (8 is none of a 16x16 v6e-256); splitting axes crashed libtpu's compiler here.
+    raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))} does not map onto the "
+                     f"devices' physical torus: each mesh axis must be a product of "
+                     f"physical axis sizes (micar_jax.plan --search lists meshes that do)"
+                     ) from None
 
 
 def logical_rules() -> LogicalRules:
