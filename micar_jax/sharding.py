@@ -80,7 +80,7 @@ def make_mesh(config: ml_collections.ConfigDict,
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
   except NotImplementedError:
     # jax lays a TPU mesh out only when each axis is a product of physical torus axes
-    # (8 is none of a 16x16 v6e-256); splitting axes crashed libtpu's compiler here.
+    # (8 is none of a 16x16 v6e-256); say so in one line rather than a traceback.
     raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))} does not map onto the "
                      f"devices' physical torus: each mesh axis must be a product of "
                      f"physical axis sizes (micar_jax.plan --search lists meshes that do)"
