@@ -175,8 +175,8 @@ def bench_decode(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, m
     eval_cfg.decode = method
     jitted = decode.make_generate_fn(mc, eval_cfg)
     with sharding.use_mesh(mesh, rules):
-      generate, compile_s, hit = timing.compile_timed(jitted, state.params, state.batch_stats,
-                                                      images)
+      generate, compile_s, hit = timing.compile_timed(
+          lambda: jitted.lower(state.params, state.batch_stats, images))
     ids = jax.block_until_ready(generate(state.params, state.batch_stats, images))
     start = time.perf_counter()
     for _ in range(opts.decode_repeats):

@@ -47,7 +47,7 @@ from absl import app, flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from micar_jax import bench, collectives, decode, errors, memory_estimate, optim, plan_report
+from micar_jax import bench, collectives, decode, errors, optim, plan_report
 from micar_jax import main as cli
 from micar_jax import roofline, sharding, steps
 from micar_jax import topology as topology_lib
@@ -133,15 +133,9 @@ def analyse(lowered: Any, num_devices: int) -> Program:
 def plan_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig,
                mesh: Mesh) -> Program:
   """Compiles the train step exactly as training jits it, on abstract state and batch."""
-  rules = sharding.logical_rules()
   # The schedule's steps per epoch change no shape; 1 stands in for the dataset's.
   tx = optim.make_optimizer(config, 1)
-  init_fn = steps.make_init_fn(mc, tx, config.data.image_size)
-  state = sharding.abstract_sharded(init_fn, mesh, rules, jax.random.PRNGKey(config.seed))
-  batch = memory_estimate.abstract_batch(config, mc.max_len, sharding.batch_sharding(mesh))
-  jitted = steps.jit_train_step(mc, tx, config, jax.tree.map(lambda s: s.sharding, state), mesh)
-  with sharding.use_mesh(mesh, rules):
-    lowered = jitted.lower(state, batch)
+  lowered = steps.lower_train_step(mc, tx, config, mesh, sharding.logical_rules(), mc.max_len)
   return analyse(lowered, mesh.size)
 
 

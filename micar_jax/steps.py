@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from micar_jax import sharding
+from micar_jax import memory_estimate, sharding
 from micar_jax.models import model as model_lib
 
 Array = jax.Array
@@ -177,6 +177,28 @@ def jit_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
   return jax.jit(make_train_step(mc, tx, config),
                  in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+
+def lower_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
+                     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                     rules: sharding.LogicalRules, text_seq_len: int,
+                     batch_size: int | None = None) -> jax.stages.Lowered:
+  """`jit_train_step` lowered on shapes alone (no state, no batch exists yet).
+
+  Training compiles this before it initialises anything (and checks its memory),
+  the planner compiles it for TPU topologies, the benchmark reads its memory.
+
+  Args:
+    text_seq_len: T of the batch's [B, T] token arrays.
+    batch_size: global B (default config.train.batch_size).
+  """
+  init_fn = make_init_fn(mc, tx, config.data.image_size)
+  state = sharding.abstract_sharded(init_fn, mesh, rules, jax.random.PRNGKey(config.seed))
+  batch = memory_estimate.abstract_batch(config, text_seq_len, sharding.batch_sharding(mesh),
+                                         batch_size)
+  jitted = jit_train_step(mc, tx, config, jax.tree.map(lambda s: s.sharding, state), mesh)
+  with sharding.use_mesh(mesh, rules):
+    return jitted.lower(state, batch)
 
 
 def make_eval_step(mc: model_lib.ModelConfig, config: ml_collections.ConfigDict) -> Callable:

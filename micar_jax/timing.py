@@ -57,51 +57,40 @@ def use_compilation_cache(folder: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def compile_timed(jitted: Callable, *args: Any) -> tuple[Any, float, bool]:
-  """(compiled executable, seconds spent lowering and compiling it, served by the cache?)."""
+def compile_timed(lower: Callable[[], jax.stages.Lowered]) -> tuple[Any, float, bool]:
+  """(compiled executable, seconds spent in `lower()` and compiling, served by the cache?)."""
   hits = []
   listener = lambda event, **kwargs: hits.append(event) if event == CACHE_HIT_EVENT else None
   jax.monitoring.register_event_listener(listener)
   try:
     start = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
+    compiled = lower().compile()
     return compiled, time.perf_counter() - start, bool(hits)
   finally:
     jax.monitoring.unregister_event_listener(listener)
 
 
-def train_program(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig
-                  ) -> tuple[Callable, Callable]:
-  """(init(rng) -> boxed TrainState, train_step(state, batch)) with the config's optimizer."""
-  tx = optim.make_optimizer(config, 1000)
-  return steps.make_init_fn(mc, tx, config.data.image_size), steps.make_train_step(mc, tx, config)
-
-
 def estimate_memory(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
                     batch_size: int) -> int | None:
   """XLA's memory estimate of the train step at batch_size, compiled on shapes, never run."""
-  init_fn, train_step = train_program(config, mc)
-  state = sharding.abstract_sharded(init_fn, mesh, rules, jax.random.PRNGKey(0))
-  batch_sharding = sharding.batch_sharding(mesh)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-           for k, v in random_batch(mc, config.data.image_size, batch_size).items()}
-  with sharding.use_mesh(mesh, rules):
-    compiled, _, _ = compile_timed(jax.jit(train_step, donate_argnums=(0,)), state, batch)
+  tx = optim.make_optimizer(config, 1000)
+  compiled, _, _ = compile_timed(
+      lambda: steps.lower_train_step(mc, tx, config, mesh, rules, mc.max_len, batch_size))
   return memory_estimate.compiled_bytes(compiled)
 
 
 def compile_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
                   batch_size: int) -> TrainRun:
-  """Initialises a sharded state, a random batch of batch_size, and compiles the step."""
-  init_fn, train_step = train_program(config, mc)
+  """Initialises a sharded state, a random batch of batch_size, and compiles the step
+  training jits (steps.jit_train_step)."""
+  tx = optim.make_optimizer(config, 1000)
+  init_fn = steps.make_init_fn(mc, tx, config.data.image_size)
   state, state_shardings = sharding.init_sharded(init_fn, mesh, rules,
                                                  jax.random.PRNGKey(config.seed))
   batch = sharding.global_batch(random_batch(mc, config.data.image_size, batch_size), mesh)
-  jitted = jax.jit(train_step,
-                   in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+  jitted = steps.jit_train_step(mc, tx, config, state_shardings, mesh)
   with sharding.use_mesh(mesh, rules):
-    step, compile_s, hit = compile_timed(jitted, state, batch)
+    step, compile_s, hit = compile_timed(lambda: jitted.lower(state, batch))
   return TrainRun(step, state, batch, compile_s, hit)
 
 

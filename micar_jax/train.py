@@ -35,6 +35,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import optax
 from absl import logging
 
 from micar_jax import (checkpointing, defaults, errors, evaluate, memory_estimate, optim,
@@ -154,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx_steps = input_pipeline.steps_per_epoch(config, len(sources.open_split(config, "train")))
   tx = optim.make_optimizer(config, tx_steps)
   init_fn = steps.make_init_fn(run.model_config, tx, config.data.image_size)
-  train_step = _compile_train_step(run, tx, init_fn)
+  train_step = _compile_train_step(run, tx)
   with status.phase("initialising the model", run.is_lead), sharding.use_mesh(run.mesh,
                                                                              run.rules):
     state, _ = sharding.init_sharded(init_fn, run.mesh, run.rules,
@@ -228,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return run_lib.test_best(run, generate_fn)
 
 
-def _compile_train_step(run: run_lib.Run, tx, init_fn):
+def _compile_train_step(run: run_lib.Run, tx: optax.GradientTransformation):
   """Compiles the train step from shapes, before any state exists, and checks its memory.
 
   Returns:
@@ -238,15 +239,9 @@ def _compile_train_step(run: run_lib.Run, tx, init_fn):
     errors.UserError: the step will not fit in free memory (train.memory_check="refuse").
   """
   memory_estimate.check_mode(run.config)
-  abstract_state = sharding.abstract_sharded(init_fn, run.mesh, run.rules,
-                                             jax.random.PRNGKey(run.config.seed))
-  state_shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
-  batch = memory_estimate.abstract_batch(run.config, run.tokenizer.text_seq_len,
-                                         run.batch_sharding)
-  step = steps.jit_train_step(run.model_config, tx, run.config, state_shardings, run.mesh)
   with status.phase("compiling the train step", run.is_lead) as info:
-    with sharding.use_mesh(run.mesh, run.rules):
-      compiled = step.lower(abstract_state, batch).compile()
+    compiled = steps.lower_train_step(run.model_config, tx, run.config, run.mesh, run.rules,
+                                      run.tokenizer.text_seq_len).compile()
     per_device = memory_estimate.compiled_bytes(compiled)
     if per_device is not None:
       est = memory_estimate.estimate(per_device, run.mesh.local_devices)
