@@ -56,8 +56,9 @@ def define_flags() -> None:
                     "Precision of both sides for --train_steps.")
   flags.DEFINE_float("train_tolerance", 1e-9, "Largest allowed per-tensor max|Δ| / max|ref| "
                      "and relative loss difference after each train step.")
-  flags.DEFINE_bool("train_noise_floor", False, "Also run the reference on images scaled by "
-                    "1 + 16 ulps and accept errors up to 10x that spread.")
+  flags.DEFINE_bool("train_noise_floor", False, "Also run the reference in channels-last "
+                    "layout (another summation order in every convolution) and accept "
+                    "errors up to 10x the spread between the two reference runs.")
 
 
 def same_generation(reference: np.ndarray, ours: np.ndarray) -> tuple[bool, str]:

@@ -24,6 +24,14 @@ rounds its input through float32 (`x.float()`) even in a double model, runs in
 the input's dtype. In float32 the trajectories part slowly for legitimate
 reasons (near-tied maxima in GatedFusion's token max, conv biases before
 BatchNorm whose true gradient is 0 and which AdamW turns into ±lr steps).
+
+Even in float64 two correct implementations differ by rounding: every
+convolution sums in its own order, and train-mode BatchNorm over few values
+per channel (2×2 maps at 64 px) amplifies those last-bit differences layer by
+layer. `noise_floor` measures how far: the reference runs again with its
+model and images in channels-last memory layout, which changes the summation
+order of every convolution and nothing else, and the comparison accepts up to
+10× the spread between the two reference runs.
 """
 
 import gc
@@ -94,7 +102,7 @@ def _patch_reference_for_float64(torch, blocks, model, constants: dict[str, np.n
 
 
 def _reference_run(torch, model, optimizer, batches, vocab_size: int, names: list[str],
-                   out_dir: str, image_scale: float) -> list[tuple[float, str, float]]:
+                   out_dir: str, layout) -> list[tuple[float, str, float]]:
   """Takes the reference steps; (loss, saved tensors' .npz path, seconds) per step.
 
   The tensors after each step (float64) go to disk so that the reference model
@@ -107,7 +115,8 @@ def _reference_run(torch, model, optimizer, batches, vocab_size: int, names: lis
   out = []
   for i, b in enumerate(batches, 1):
     clock = time.perf_counter()
-    logits, lb_loss = model(torch.from_numpy(b["images"]).to(dtype) * image_scale,
+    images = torch.from_numpy(b["images"]).to(dtype).contiguous(memory_format=layout)
+    logits, lb_loss = model(images,
                             torch.from_numpy(b["input_ids"]).long(),
                             torch.from_numpy(b["pad_mask"]).long())
     loss = Losses.compute_loss(xe, vocab_size, logits, torch.from_numpy(b["labels"]).long(),
@@ -117,15 +126,16 @@ def _reference_run(torch, model, optimizer, batches, vocab_size: int, names: lis
     optimizer.step()
     seconds = time.perf_counter() - clock
     state = model.state_dict()
-    path = os.path.join(out_dir, f"reference_x{image_scale!r}_step{i}.npz")
+    path = os.path.join(out_dir, f"reference_{str(layout).split('.')[-1]}_step{i}.npz")
     np.savez(path, **{n: state[n].detach().numpy().astype(np.float64) for n in names})
     out.append((float(loss.item()), path, seconds))
   return out
 
 
 def _reference_side(reference_src: str, config, mc, batches, vocab_size: int, seed: int,
-                    dtype: str, out_dir: str, image_scale: float = 1.0):
-  """The reference's start (as our variables, numpy) and its steps (`_reference_run`)."""
+                    dtype: str, out_dir: str, channels_last: bool = False):
+  """The reference's start (as our variables, numpy) and its steps (`_reference_run`),
+  in channels-last memory layout when asked (module docstring: the noise floor)."""
   from micar_jax.convert import official  # pylint: disable=g-import-not-at-top
   torch, _ = torch_reference.import_torch()
   ref = torch_reference.build_reference(reference_src, config, vocab_size, seed)
@@ -133,14 +143,15 @@ def _reference_side(reference_src: str, config, mc, batches, vocab_size: int, se
     from architecture import blocks  # pylint: disable=g-import-not-at-top,import-error
     ref = ref.double()
     _patch_reference_for_float64(torch, blocks, ref, official.constants(mc))
-  ref.train()
+  layout = torch.channels_last if channels_last else torch.contiguous_format
+  ref = ref.to(memory_format=layout).train()
   optimizer = reference_optimizer(torch, ref, config)
   names = [n for n, p in ref.named_parameters() if p.requires_grad]
   names += [n for n, _ in ref.named_buffers() if n.endswith((".running_mean", ".running_var"))]
   start = official.official_state_dict_to_variables(
       {k: v.detach().numpy() for k, v in ref.state_dict().items()}, config)
   return start, _reference_run(torch, ref, optimizer, batches, vocab_size, names, out_dir,
-                               image_scale)
+                               layout)
 
 
 def compare_training(reference_src: str, config, image_size: int, batch: int, vocab_size: int,
@@ -151,10 +162,10 @@ def compare_training(reference_src: str, config, image_size: int, batch: int, vo
   Agreement: every tensor's max|Δ| / max|reference| and the losses' relative
   difference stay within `tolerance` after every step, or, with `noise_floor`,
   within 10 × the reference's own spread: the same error measured between the
-  reference and the reference run on images scaled by 1 + 16 ulps (a change that
-  the first BatchNorm undoes up to rounding, so it shows how far rounding noise
-  alone carries: BatchNorm statistics over few values, as at 64 px where the
-  last stage is 2×2, amplify it).
+  reference and the reference in channels-last layout (another summation order
+  in every convolution, so it shows how far rounding noise alone carries:
+  BatchNorm statistics over few values, as at 64 px where the last stage is 2×2,
+  amplify it).
   """
   if dtype not in ("float32", "float64"):
     raise ValueError(f"--train_dtype must be float32 or float64, got {dtype!r}")
@@ -184,9 +195,8 @@ def compare_training(reference_src: str, config, image_size: int, batch: int, vo
     gc.collect()  # the reference model and optimizer are gone: free their memory now
     floors = [None] * steps
     if noise_floor:
-      scale = 1.0 + 16 * float(np.finfo(dtype).eps)
       _, perturbed = _reference_side(reference_src, config, mc, batches, vocab_size, seed,
-                                     dtype, out_dir, scale)
+                                     dtype, out_dir, channels_last=True)
       gc.collect()
       floors = [_spread(a, b) for a, b in zip(reference, perturbed)]
     variables = jax.tree.map(lambda a: jnp.asarray(a, dtype), start)
@@ -230,7 +240,7 @@ def compare_training(reference_src: str, config, image_size: int, batch: int, vo
 
 def _spread(reference: tuple[float, str, float], perturbed: tuple[float, str, float]
             ) -> dict[str, float]:
-  """The reference against itself on perturbed images: largest tensor and loss errors."""
+  """The reference against itself in channels-last layout: largest tensor and loss errors."""
   with np.load(reference[1]) as a, np.load(perturbed[1]) as b:
     rows = relative_errors(dict(a), dict(b))
   return {"max_rel_err": rows[0][1],
@@ -244,7 +254,7 @@ def _print_step(row: dict[str, Any], ref_seconds: float, our_seconds: float) -> 
         f"{our_seconds:.1f} s]; worst of {row['tensors']} tensors, max|Δ| / max|reference|:",
         flush=True)
   if row["noise_floor"]:
-    print(f"    reference vs itself on images x (1 + 16 ulps): largest tensor error "
+    print(f"    reference vs itself in channels-last layout: largest tensor error "
           f"{row['noise_floor']['max_rel_err']:.3e}, loss "
           f"{row['noise_floor']['loss_rel_diff']:.2e}", flush=True)
   for w in row["worst"]:
