@@ -49,14 +49,12 @@ from ml_collections import config_flags
 
 from micar_jax import bench, collectives, decode, errors, optim, plan_report
 from micar_jax import main as cli
-from micar_jax import roofline, sharding, steps, thread_stack
+from micar_jax import roofline, sharding, stack_limit, steps
 from micar_jax import topology as topology_lib
 from micar_jax.models import model as model_lib
 
 FLAGS = flags.FLAGS
 TOP = 5
-# libtpu's compiler overflowed 8 MiB thread stacks on v6e-256 (a segmentation fault); 32 MiB sufficed.
-COMPILER_STACK_BYTES = 64 << 20
 
 
 def define_flags() -> None:
@@ -336,9 +334,10 @@ def _base_args(argv: Sequence[str]) -> list[str]:
 
 
 def _prepare_jax(topo: topology_lib.Topology) -> None:
-  """CPU backend only (TPU devices come from the topology), with enough CPU devices,
-  and compiler threads with stacks deep enough for 256-chip programs (thread_stack)."""
-  thread_stack.ensure_default_stack(COMPILER_STACK_BYTES)
+  """CPU backend only (TPU devices come from the topology), with enough CPU devices;
+  for a TPU topology, the stack libtpu's compiler needs (stack_limit: a restart)."""
+  if topo.is_tpu:
+    stack_limit.restart_unlimited()
   jax.config.update("jax_platforms", "cpu")
   if not topo.is_tpu and "xla_force_host_platform_device_count" not in os.environ.get(
       "XLA_FLAGS", ""):
