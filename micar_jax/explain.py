@@ -5,8 +5,9 @@ word, the decoder's cross-attention over the pool_size x pool_size image grid
 overlaid on the centre crop the network saw (one colour scale for all panels,
 its colour bar marking the uniform level 1 / grid cells), next to the image as
 read with the crop outlined, followed by the experts each MoE layer routed that
-word to. The report text is `Tokenizer.decode_clean`'s, as --mode=predict writes it. Panels stop at the first `<eos>`; words the
-reference would keep after it are only counted.
+word to (drawn by `explain_figure`). The report text is
+`Tokenizer.decode_clean`'s, as --mode=predict writes it. Panels stop at the
+first `<eos>`; words the reference would keep after it are only counted.
 
 `greedy_with_attention` is the instrumented decoding: the cached greedy search
 of `decode`, keeping what every step's layers sowed (the cross-attention
@@ -18,12 +19,10 @@ negative counts from the end) pick or average decoder layers / heads;
 explain_max_words caps the attention panels.
 """
 
-import dataclasses
 import functools
 import json
 import math
 import os
-import textwrap
 from typing import Any, Sequence
 
 import jax
@@ -31,57 +30,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
-from micar_jax import decode, errors, evaluate, sharding
+from micar_jax import decode, errors, evaluate, explain_figure, sharding
 from micar_jax.data import images as images_lib
 from micar_jax.data import input_pipeline
 from micar_jax.data import tokenizer as tokenizer_lib
 from micar_jax.models import model as model_lib
 from micar_jax.models import routing
 
-# Figure layout in inches (fixed, so the PNG size follows from the content).
-DPI = 100
-COLS = 6
-PANEL_IN = 1.8
-HEADER_IN = 1.5
-# The row with the original image, the crop the network saw and the colour bar.
-INPUT_IN = 2.9
-ROUTING_PER_EXPERT_IN = 0.22
-# Room for a routing plot's title and its word-number labels.
-ROUTING_PAD_IN = 1.0
-REPORT_WRAP, REPORT_LINES, NOTES_WRAP = 120, 5, 150
-# Smallest font on the figure (points).
-FONT = 9
-# Attention overlay: a perceptually uniform map, light enough to read the image through.
-CMAP, ALPHA = "viridis", 0.45
-# At most this many numbered words under a routing plot (every k-th beyond it).
-MAX_WORD_TICKS = 40
 # Where a decoder layer's sown values live: attention's in "intermediates", the
 # experts in routing.COLLECTION.
 CROSS_ATTENTION = ("gated_fusion", "cross_attention", "attention_weights")
 ROUTED_EXPERTS = ("moe", routing.EXPERTS)
-
-
-@dataclasses.dataclass(frozen=True)
-class Explanation:
-  """One image's generated words and what each looked at.
-
-  Attributes:
-    words: generated words up to the first `<eos>` (`<pad>`/`<sos>` skipped).
-    attention: [n_words, grid, grid] cross-attention (selected/averaged layers and heads).
-    experts: [n_words, num_layers, top_k] routed expert ids, best first.
-    after_eos: generated words after the first `<eos>` (not shown).
-    report: the report text (`Tokenizer.decode_clean`: what --mode=predict writes).
-  """
-  words: list[str]
-  attention: np.ndarray
-  experts: np.ndarray
-  after_eos: int
-  report: str
 
 
 def _sown(tree: dict[str, Any], path: tuple[str, ...]) -> jax.Array:
@@ -183,7 +143,7 @@ def _reduce(x: np.ndarray, axis: int, index: int | None) -> np.ndarray:
 
 def summarise(ids: np.ndarray, cross: np.ndarray, experts: np.ndarray,
               tokenizer: tokenizer_lib.Tokenizer, layer: int | None, head: int | None
-              ) -> Explanation:
+              ) -> explain_figure.Explanation:
   """One row of `greedy_with_attention` as per-word attention grids.
 
   Args:
@@ -208,132 +168,8 @@ def summarise(ids: np.ndarray, cross: np.ndarray, experts: np.ndarray,
       else:
         steps.append(t)
   words = [tokenizer.detokenize([int(ids[t + 1])]) for t in steps]
-  return Explanation(words, attention[steps].reshape(len(steps), grid, grid),
+  return explain_figure.Explanation(words, attention[steps].reshape(len(steps), grid, grid),
                      np.asarray(experts)[steps], after_eos, tokenizer.decode_clean(ids))
-
-
-def unnormalise(image: np.ndarray) -> np.ndarray:
-  """A preprocessed float32 [S, S, 3] crop back to the uint8 RGB pixels the network saw."""
-  rgb = image * images_lib.IMAGENET_STD + images_lib.IMAGENET_MEAN
-  return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
-
-
-def figure_inches(num_panels: int, num_layers: int, num_experts: int) -> tuple[float, float]:
-  """(width, height) of a figure with `num_panels` word panels."""
-  rows = math.ceil(num_panels / COLS)
-  routing = num_layers * (num_experts * ROUTING_PER_EXPERT_IN + ROUTING_PAD_IN)
-  return COLS * PANEL_IN, HEADER_IN + INPUT_IN + rows * PANEL_IN + routing
-
-
-def crop_box(height: int, width: int, resize_size: int, image_size: int
-             ) -> tuple[float, float, float, float]:
-  """(top, left, height, width) in original pixels of the centre crop the network saw."""
-  new_h, new_w = images_lib.resized_size(height, width, resize_size)
-  top, left = images_lib.crop_offsets(new_h, new_w, image_size)
-  sy, sx = height / new_h, width / new_w
-  return top * sy, left * sx, image_size * sy, image_size * sx
-
-
-def render(original: np.ndarray, box: tuple[float, float, float, float], crop: np.ndarray,
-           expl: Explanation, num_experts: int, max_words: int, header: str) -> Figure:
-  """The explanation figure: report, inputs with colour bar, attention panels, routing.
-
-  Every attention panel shares one colour scale, from 0 to the largest weight
-  shown, so panels compare; the colour bar marks the uniform level 1 / n_img
-  (attention spread evenly over the image grid).
-
-  Args:
-    original: uint8 [H, W, 3] the image as read from its file.
-    box: `crop_box` of the crop within `original`.
-    crop: uint8 [S, S, 3] the centre crop the network saw.
-    expl: the image's explanation.
-    num_experts: experts per MoE layer (rows of the routing plots).
-    max_words: at most this many attention panels.
-    header: the settings line under the report.
-  """
-  n_panels = min(len(expl.words), max_words)
-  num_layers = expl.experts.shape[1] if expl.experts.ndim == 3 else 0
-  width, height = figure_inches(n_panels, num_layers, num_experts)
-  fig = Figure(figsize=(width, height), dpi=DPI)
-
-  def axes(left, top, w, h):  # inches from the top-left corner -> figure fractions
-    return fig.add_axes((left / width, 1 - (top + h) / height, w / width, h / height))
-
-  lines = textwrap.wrap(expl.report or "(empty report)", REPORT_WRAP)
-  if len(lines) > REPORT_LINES:
-    lines = lines[:REPORT_LINES - 1] + [lines[REPORT_LINES - 1][:REPORT_WRAP - 4] + " ..."]
-  notes = [header, "(Nx): a panel's peak over the uniform level",
-           "panels stop at the first <eos>"]
-  if expl.after_eos:
-    notes.append(f"{expl.after_eos} word(s) after it not shown")
-  if n_panels < len(expl.words):
-    notes.append(f"first {n_panels} of {len(expl.words)} words")
-  fig.text(0.1 / width, 1 - 0.1 / height, "\n".join(lines), va="top", ha="left", fontsize=FONT + 1)
-  fig.text(0.1 / width, 1 - (HEADER_IN - 0.1) / height,
-           "\n".join(textwrap.wrap("; ".join(notes), NOTES_WRAP)), va="bottom", ha="left",
-           fontsize=FONT, color="dimgray")
-
-  # Inputs: the file as read (crop outlined) and the crop at display size.
-  side = INPUT_IN - 0.5
-  ax = axes(0.1, HEADER_IN + 0.3, side, side)
-  ax.imshow(original)
-  top, left, h, w = box
-  ax.add_patch(Rectangle((left - 0.5, top - 0.5), w, h, fill=False, edgecolor="red", lw=1.5))
-  ax.set_title(f"image {original.shape[1]}x{original.shape[0]} (red: crop)", fontsize=FONT)
-  ax.set_axis_off()
-  ax = axes(side + 0.4, HEADER_IN + 0.3, side, side)
-  ax.imshow(crop, interpolation="bilinear")
-  ax.set_title(f"network input {crop.shape[1]}x{crop.shape[0]}", fontsize=FONT)
-  ax.set_axis_off()
-
-  n_img = expl.attention[0].size if n_panels else 1
-  shown = expl.attention[:n_panels]
-  uniform = 1.0 / n_img
-  norm = Normalize(0.0, max(float(shown.max()) if n_panels else 0.0, 2 * uniform))
-  cax = axes(2 * side + 1.9, HEADER_IN + 0.3, 0.2, side)
-  bar = fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), cax=cax)
-  bar.ax.tick_params(labelsize=FONT)
-  bar.set_label("attention weight (shared by all panels)", fontsize=FONT)
-  bar.ax.axhline(uniform, color="white", lw=2)
-  bar.ax.axhline(uniform, color="black", lw=1, ls="--")
-  bar.ax.text(-0.5, uniform, f"uniform 1/{n_img}", transform=bar.ax.get_yaxis_transform(),
-              va="center", ha="right", fontsize=FONT)
-
-  size = crop.shape[0]
-  pad = 0.3  # per panel, for the word above it
-  grid_top = HEADER_IN + INPUT_IN
-  for i in range(n_panels):
-    row, col = divmod(i, COLS)
-    ax = axes(col * PANEL_IN + 0.05, grid_top + row * PANEL_IN + pad,
-              PANEL_IN - 0.1, PANEL_IN - pad - 0.05)
-    ax.imshow(crop, interpolation="bilinear")
-    ax.imshow(expl.attention[i], cmap=CMAP, norm=norm, alpha=ALPHA, interpolation="bilinear",
-              extent=(-0.5, size - 0.5, size - 0.5, -0.5))
-    peak = float(expl.attention[i].max()) / uniform
-    ax.set_title(f"{i + 1}: {expl.words[i]} ({peak:.1f}x)", fontsize=FONT)
-    ax.set_axis_off()
-
-  top = grid_top + math.ceil(n_panels / COLS) * PANEL_IN
-  plot_h = num_experts * ROUTING_PER_EXPERT_IN
-  n_words = len(expl.words)
-  every = max(1, math.ceil(n_words / MAX_WORD_TICKS))
-  for layer in range(num_layers):
-    chosen = np.zeros((num_experts, n_words))
-    top_k = expl.experts.shape[-1]
-    for t in range(n_words):
-      # Darker = preferred: the router's first choice gets top_k, the last 1.
-      chosen[expl.experts[t, layer], t] = np.arange(top_k, 0, -1)
-    ax = axes(0.7, top + 0.3, width - 0.9, plot_h)
-    ax.imshow(chosen, cmap="Greys", vmin=0, vmax=top_k, aspect="auto", interpolation="nearest")
-    ax.set_title(f"decoder layer {layer}: routed experts per word (black = first choice)",
-                 fontsize=FONT)
-    ax.set_yticks(range(num_experts), [str(e) for e in range(num_experts)], fontsize=FONT)
-    ax.set_ylabel("expert", fontsize=FONT)
-    ticks = range(0, n_words, every)
-    ax.set_xticks(ticks, [str(t + 1) for t in ticks], fontsize=FONT)
-    ax.set_xlabel("word number (as numbered on the panels)", fontsize=FONT)
-    top += plot_h + ROUTING_PAD_IN
-  return fig
 
 
 def _settings(config: ml_collections.ConfigDict, num_layers: int, num_heads: int
@@ -361,20 +197,22 @@ def _out_stem(path: str, used: set[str]) -> str:
   return name
 
 
-def to_record(expl: Explanation) -> dict[str, Any]:
+def to_record(expl: explain_figure.Explanation) -> dict[str, Any]:
   """The JSON form of an explanation: report, words, after_eos, attention (5 decimals), experts."""
   return {"report": expl.report, "words": expl.words, "after_eos": expl.after_eos,
           "attention": np.round(expl.attention.astype(np.float64), 5).tolist(),
           "experts": expl.experts.tolist()}
 
 
-def _write(out_dir: str, stem: str, path: str, crop: np.ndarray, expl: Explanation,
+def _write(out_dir: str, stem: str, path: str, crop: np.ndarray, expl: explain_figure.Explanation,
            config: ml_collections.ConfigDict, num_experts: int, max_words: int,
            header: str) -> str:
   png = os.path.join(out_dir, stem + ".png")
   original = np.asarray(images_lib.decode(path))
-  box = crop_box(*original.shape[:2], config.data.resize_size, config.data.image_size)
-  render(original, box, crop, expl, num_experts, max_words, header).savefig(png, dpi=DPI)
+  box = explain_figure.crop_box(*original.shape[:2], config.data.resize_size,
+                                config.data.image_size)
+  figure = explain_figure.render(original, box, crop, expl, num_experts, max_words, header)
+  figure.savefig(png, dpi=explain_figure.DPI)
   record = dict(to_record(expl), image=path, settings=header)
   with open(os.path.join(out_dir, stem + ".json"), "w", encoding="utf-8") as f:
     json.dump(record, f)
@@ -411,7 +249,7 @@ def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
       for row, path in enumerate(batch["paths"]):
         expl = summarise(ids[row], cross[row], experts[row], run.tokenizer, layer, head)
         written.append(_write(out_dir, _out_stem(path, used), path,
-                              unnormalise(batch["images"][row]), expl, config,
+                              explain_figure.unnormalise(batch["images"][row]), expl, config,
                               mc.num_experts, max_words, header))
   if not written:
     raise errors.UserError(f"no readable images in {', '.join(images)}")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from micar_jax import errors, explain, main, predict, run as run_lib, steps
-from micar_jax.data import images as images_lib
+from micar_jax import explain_figure as fig
 from micar_jax.data.tokenizer import EOS, PAD, SOS, WordTokenizer
 from micar_jax.models import model as model_lib
 from micar_jax.models import routing
@@ -60,17 +60,17 @@ def test_explain_writes_a_nonblank_figure_and_json_per_image(run_dir):
     assert np.all((experts >= 0) & (experts < mc.num_experts))
     with Image.open(os.path.join(out, stem + ".png")) as img:
       pixels = np.asarray(img.convert("RGB"))
-    width, height = explain.figure_inches(min(n, 5), mc.num_layers, mc.num_experts)
-    assert pixels.shape == (round(height * explain.DPI), round(width * explain.DPI), 3)
-    assert pixels.shape[1] == round(explain.COLS * explain.PANEL_IN * explain.DPI)
+    width, height = fig.figure_inches(min(n, 5), mc.num_layers, mc.num_experts)
+    assert pixels.shape == (round(height * fig.DPI), round(width * fig.DPI), 3)
+    assert pixels.shape[1] == round(fig.COLS * fig.PANEL_IN * fig.DPI)
     assert pixels.std() > 20
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200
     # The first attention panel (the overlay) holds colours the network input lacks.
-    dpi, panel_w = explain.DPI, int(explain.PANEL_IN * explain.DPI)
-    inputs_top = int((explain.HEADER_IN + 0.3) * dpi)
-    side = int((explain.INPUT_IN - 0.5) * dpi)
-    crop = pixels[inputs_top:inputs_top + side, int((explain.INPUT_IN - 0.1) * dpi):][:, :side]
-    panel_top = int((explain.HEADER_IN + explain.INPUT_IN) * dpi)
+    dpi, panel_w = fig.DPI, int(fig.PANEL_IN * fig.DPI)
+    inputs_top = int((fig.HEADER_IN + 0.3) * dpi)
+    side = int((fig.INPUT_IN - 0.5) * dpi)
+    crop = pixels[inputs_top:inputs_top + side, int((fig.INPUT_IN - 0.1) * dpi):][:, :side]
+    panel_top = int((fig.HEADER_IN + fig.INPUT_IN) * dpi)
     overlay = pixels[panel_top:panel_top + panel_w, :panel_w].reshape(-1, 3)
     assert np.any(np.abs(overlay.astype(int) - overlay.mean(axis=0)).sum(-1) > 60)
     assert not np.array_equal(np.unique(crop.reshape(-1, 3), axis=0),
@@ -84,35 +84,6 @@ def test_explain_and_predict_show_the_same_report(run_dir):
   out = predict.predict(config, workdir, [str(images)])
   predicted = [r["report"] for r in map(json.loads, open(out)) if r["report"] is not None]
   assert predicted == explained
-
-
-def test_render_shares_one_colour_scale_and_marks_the_uniform_level():
-  rng = np.random.default_rng(0)
-  attention = rng.dirichlet(np.ones(49), size=3).reshape(3, 7, 7)
-  expl = explain.Explanation(["a", "b", "c"], attention, rng.integers(0, 4, (3, 1, 2)), 0,
-                             "a b c")
-  original = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
-  box = explain.crop_box(60, 80, 36, 32)
-  fig = explain.render(original, box, original[:32, :32], expl, 4, 24, "settings")
-  overlays = [im for ax in fig.axes for im in ax.get_images()
-              if im.get_array().ndim == 2 and im.get_cmap().name == explain.CMAP]
-  assert len(overlays) == 3
-  assert {im.norm.vmax for im in overlays} == {float(attention.max())}
-  assert all(im.norm is overlays[0].norm for im in overlays)
-  texts = [t.get_text() for ax in fig.axes for t in ax.texts]
-  assert "uniform 1/49" in texts
-  sizes = [t.get_fontsize() for ax in fig.axes
-           for t in [ax.title, *ax.get_xticklabels(), *ax.get_yticklabels(), *ax.texts]
-           if t.get_text()]
-  assert min(sizes) >= 9
-  assert all(t.get_rotation() == 0 for ax in fig.axes for t in ax.get_xticklabels())
-
-
-def test_crop_box_maps_the_centre_crop_back_to_the_original():
-  # 60x80 -> shorter side 36: 36x48, centre 32 crop at (2, 8) -> scale 60/36.
-  top, left, h, w = explain.crop_box(60, 80, 36, 32)
-  np.testing.assert_allclose((top, left, h, w), (2 * 60 / 36, 8 * 80 / 48, 32 * 60 / 36,
-                                                 32 * 80 / 48))
 
 
 def test_explain_rejects_bad_settings_and_unreadable_input(run_dir):
@@ -155,12 +126,6 @@ def test_summarise_stops_at_first_eos_and_selects_layer_and_head():
   np.testing.assert_array_equal(expl.experts, experts[:2])
   mean = explain.summarise(ids, cross, experts, tok, layer=None, head=2)
   np.testing.assert_allclose(mean.attention, cross[:2, :, 2].mean(axis=1).reshape(2, grid, grid))
-
-
-def test_unnormalise_inverts_preprocessing():
-  rgb = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
-  np.testing.assert_array_equal(explain.unnormalise(images_lib.normalize(Image.fromarray(rgb))),
-                                rgb)
 
 
 def two_view_greedy(tiny):

@@ -25,7 +25,7 @@ import fastapi
 from fastapi import responses, staticfiles
 from starlette import datastructures, exceptions
 
-from micar_jax import errors, explain
+from micar_jax import errors, explain_figure
 from micar_jax.data import images as images_lib
 from micar_jax.serve import engine as engine_lib
 from micar_jax.serve import pages
@@ -217,7 +217,7 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
       image = engine.preprocess(example_or_404(index).image)
     except images_lib.ImageError as e:
       raise fastapi.HTTPException(404, str(e)) from None
-    return png(explain.unnormalise(image))
+    return png(explain_figure.unnormalise(image))
 
   @app.get("/crops/uploads/{uid}.png")
   def upload_crop(uid: str):

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from micar_jax import errors, evaluate, explain, sharding
+from micar_jax import errors, evaluate, explain, explain_figure, sharding
 from micar_jax import run as run_lib
 from micar_jax.data import images as images_lib
 from micar_jax.serve import batcher as batcher_lib
@@ -93,7 +93,7 @@ class Engine:
       report_ids = ids if self._generate_fn is None else evaluate.to_host(self._generate_fn(
           self.variables, *evaluate.device_images(self.run.put,
                                                   {"images": images, "valid": valid})))
-    return [Decoded(self.run.tokenizer.decode_clean(report_ids[i]), explain.unnormalise(images[i]), ids[i],
+    return [Decoded(self.run.tokenizer.decode_clean(report_ids[i]), explain_figure.unnormalise(images[i]), ids[i],
                     cross[i], experts[i]) for i in range(n)]
 
   def submit(self, image: np.ndarray):

@@ -1,0 +1,42 @@
+"""explain_figure: one colour scale, the crop mapped back, pixels restored."""
+
+import numpy as np
+from PIL import Image
+
+from micar_jax import explain_figure
+from micar_jax.data import images as images_lib
+
+
+def test_render_shares_one_colour_scale_and_marks_the_uniform_level():
+  rng = np.random.default_rng(0)
+  attention = rng.dirichlet(np.ones(49), size=3).reshape(3, 7, 7)
+  expl = explain_figure.Explanation(["a", "b", "c"], attention, rng.integers(0, 4, (3, 1, 2)),
+                                    0, "a b c")
+  original = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+  box = explain_figure.crop_box(60, 80, 36, 32)
+  fig = explain_figure.render(original, box, original[:32, :32], expl, 4, 24, "settings")
+  overlays = [im for ax in fig.axes for im in ax.get_images()
+              if im.get_array().ndim == 2 and im.get_cmap().name == explain_figure.CMAP]
+  assert len(overlays) == 3
+  assert {im.norm.vmax for im in overlays} == {float(attention.max())}
+  assert all(im.norm is overlays[0].norm for im in overlays)
+  texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+  assert "uniform 1/49" in texts
+  sizes = [t.get_fontsize() for ax in fig.axes
+           for t in [ax.title, *ax.get_xticklabels(), *ax.get_yticklabels(), *ax.texts]
+           if t.get_text()]
+  assert min(sizes) >= 9
+  assert all(t.get_rotation() == 0 for ax in fig.axes for t in ax.get_xticklabels())
+
+
+def test_crop_box_maps_the_centre_crop_back_to_the_original():
+  # 60x80 -> shorter side 36: 36x48, centre 32 crop at (2, 8) -> scale 60/36.
+  top, left, h, w = explain_figure.crop_box(60, 80, 36, 32)
+  np.testing.assert_allclose((top, left, h, w), (2 * 60 / 36, 8 * 80 / 48, 32 * 60 / 36,
+                                                 32 * 80 / 48))
+
+
+def test_unnormalise_inverts_preprocessing():
+  rgb = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+  restored = explain_figure.unnormalise(images_lib.normalize(Image.fromarray(rgb)))
+  np.testing.assert_array_equal(restored, rgb)
