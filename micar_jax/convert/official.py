@@ -16,7 +16,7 @@ EMBEDDING = "text_embs.embedding.weight"
 
 def constants(mc: model_lib.ModelConfig) -> dict[str, np.ndarray]:
   """Reference entries that are fixed functions of the config (checked, never loaded)."""
-  freqs = np.asarray(attention.rope_frequencies(mc.qk_rope_dim, mc.rope_theta))
+  freqs = attention.rope_frequencies(mc.qk_rope_dim, mc.rope_theta)
   out = {"text_embs.pe.pe": transformer.sinusoidal_table(mc.max_len, mc.d_model)[None]}
   for i in range(mc.num_layers):
     out[f"encoder.layers.{i}.self_attention.rope.freqs"] = freqs

@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from micar_jax.models import layers
 from micar_jax.models.model_config import ModelConfig
@@ -27,13 +28,21 @@ Array = jax.Array
 MASK_FILL = -1e9
 
 
-def rope_frequencies(rope_dim: int, theta: float) -> Array:
+def rope_frequencies(rope_dim: int, theta: float) -> np.ndarray:
   """The rotary frequencies of rotary-embedding-torch's RotaryEmbedding(rope_dim // 2).
 
-  Returns [rope_dim // 4] values theta^(-2j / (rope_dim // 2)).
+  Returns [rope_dim // 4] float32 values theta^(-2j / (rope_dim // 2)), rounded
+  as the reference rounds them (a float32 exponent, a float32 power, a float32
+  reciprocal), with the power correctly rounded. A numpy constant on purpose:
+  written with jnp, XLA folds it at compile time with its own float32 `pow`,
+  and a jitted step then disagrees with the same model run op by op (and with
+  the reference) in the last bit of some frequencies (1e-7 in the attention
+  probabilities).
   """
   dim = rope_dim // 2
-  return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32)[: dim // 2] / dim))
+  exponent = np.arange(0, dim, 2, dtype=np.float32)[: dim // 2] / np.float32(dim)
+  power = np.power(np.float64(theta), exponent.astype(np.float64)).astype(np.float32)
+  return np.float32(1.0) / power
 
 
 def apply_rope(x: Array, positions: Array, rope_dim: int, theta: float) -> Array:
