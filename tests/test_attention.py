@@ -43,6 +43,18 @@ def test_rope_frequencies_are_the_reference_values():
                              10000.0 ** (-np.arange(0, 24, 2) / 24), rtol=1e-6)
 
 
+
+# rotary-embedding-torch 0.8.6's RotaryEmbedding(dim=24).freqs under torch 2.14.1, as
+# float32 bits: the reference's qk_rope_dim = 48 (every dataset config).
+_REFERENCE_FREQS_48 = (0x3f800000, 0x3eeda63c, 0x3e5c9d35, 0x3dcccccd, 0x3d3e1e95, 0x3cb07dc6,
+                       0x3c23d70a, 0x3b98187a, 0x3b0d3169, 0x3a83126f, 0x39f35a5c, 0x3961e8a7)
+
+
+def test_rope_frequencies_equal_the_reference_bit_for_bit():
+  freqs = attention.rope_frequencies(48, 10000.0)
+  assert freqs.dtype == np.float32
+  assert tuple(int(b) for b in freqs.view(np.uint32)) == _REFERENCE_FREQS_48
+
 # In a fresh process: jax_enable_x64 is process-wide.
 _JIT_VS_EAGER = textwrap.dedent("""
     import jax
