@@ -151,18 +151,14 @@ def make_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
-    # The optimizer's moments are finite whenever the old ones and every gradient
-    # are (a finite norm bounds each squared gradient), so only the parameters and
-    # BatchNorm statistics, which an update can overflow, are scanned: each scan
-    # reads the whole tree once more, and the step is bound by memory traffic.
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-              & all_finite((params, batch_stats)))
+              & all_finite((params, batch_stats, opt_state)))
     # A non-finite step leaves the state as it was (only the step counter, which
     # names the batch, advances), so no saved state is ever non-finite; the loop
-    # reads `finite` and decides whether to skip on or stop. A cond, not an
-    # elementwise select: the kept state is then not read and written again.
-    kept = jax.lax.cond(finite, lambda: (params, batch_stats, opt_state),
-                        lambda: (state.params, state.batch_stats, state.opt_state))
+    # reads `finite` and decides whether to skip on or stop.
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                        (params, batch_stats, opt_state),
+                        (state.params, state.batch_stats, state.opt_state))
     new_state = TrainState(step=state.step + 1, params=kept[0], batch_stats=kept[1],
                            opt_state=kept[2])
     metrics = {"loss": loss, "ce": terms["ce"],
