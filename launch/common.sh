@@ -1,6 +1,7 @@
 # Shared helpers for the launch scripts; sourced, never run.
 #
-# Every script parses its flags with `common_flag`/`take_value`, prints or runs
+# Every script parses its flags with `parse_flags` (or, for tpu.sh's commands,
+# `common_flag`/`take_value` directly), prints or runs
 # commands through `run_cmd`, and reports bad input through `die`, so that all
 # of them agree on `--flag value` / `--flag=value`, on `--dry-run` output
 # (one shell-quoted command per line) and on one-line errors.
@@ -100,6 +101,30 @@ common_flag() {
     -h|--help) usage; exit 0 ;;
     *) return 1 ;;
   esac
+}
+
+# Parses a script's flags: the shared ones (`common_flag`), the value flags
+# matched by the regex alternation $1 (`--a|--b`, each stored by `assign_flag`)
+# and the switches matched by $2 (each sets its variable to 1); anything else is
+# a one-line error. Everything after `--` lands in PASSTHROUGH.
+parse_flags() {
+  local values="$1" switches="$2"
+  shift 2
+  split_args "$@"
+  set -- "${FLAGS[@]+"${FLAGS[@]}"}"
+  while (($#)); do
+    if common_flag "$@"; then shift "${SHIFT}"; continue; fi
+    if [[ -n "${switches}" && "$1" =~ ^(${switches})$ ]]; then
+      assign_flag "$1" 1
+      shift
+    elif [[ "$1" =~ ^(${values})$ ]]; then
+      take_value "$@"
+      assign_flag "$1" "${VALUE}"
+      shift 2
+    else
+      die "unknown argument '$1' (see --help)"
+    fi
+  done
 }
 
 # Environment shared by the GPU launchers, as KEY=VALUE words.

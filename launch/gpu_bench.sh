@@ -61,18 +61,7 @@ WHEELS="${REPO_ROOT}/.whl"
 MEM_FRACTION=0.95
 PYTHON=python3
 
-split_args "$@"
-set -- "${FLAGS[@]+"${FLAGS[@]}"}"
-while (($#)); do
-  if common_flag "$@"; then shift "${SHIFT}"; continue; fi
-  case "$1" in
-    --tiny) TINY=1; shift; continue ;;
-    --runs|--results|--workdir|--budget|--wheels|--mem-fraction|--python)
-      take_value "$@"; assign_flag "$1" "${VALUE}" ;;
-    *) die "unknown argument '$1' (see --help)" ;;
-  esac
-  shift 2
-done
+parse_flags "--runs|--results|--workdir|--budget|--wheels|--mem-fraction|--python" "--tiny" "$@"
 require_positive_int --budget "${BUDGET}"
 IFS=, read -r -a RUN_NAMES <<<"${RUNS}"
 for name in "${RUN_NAMES[@]}"; do

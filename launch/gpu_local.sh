@@ -30,16 +30,7 @@ GPUS=""
 MEM_FRACTION=0.85
 PYTHON=python3
 
-split_args "$@"
-set -- "${FLAGS[@]+"${FLAGS[@]}"}"
-while (($#)); do
-  if common_flag "$@"; then shift "${SHIFT}"; continue; fi
-  case "$1" in
-    --gpus|--mem-fraction|--python) take_value "$@"; assign_flag "$1" "${VALUE}" ;;
-    *) die "unknown argument '$1' (see --help)" ;;
-  esac
-  shift 2
-done
+parse_flags "--gpus|--mem-fraction|--python" "" "$@"
 
 gpu_env "${MEM_FRACTION}"
 if [[ -n "${GPUS}" ]]; then

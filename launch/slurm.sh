@@ -48,19 +48,9 @@ MEM_FRACTION=0.85
 PYTHON=python3
 SCRIPT_FILE=""
 
-split_args "$@"
-set -- "${FLAGS[@]+"${FLAGS[@]}"}"
-while (($#)); do
-  if common_flag "$@"; then shift "${SHIFT}"; continue; fi
-  case "$1" in
-    --nodes|--gpus-per-node|--partition|--time|--account|--job-name|\
-    --cpus-per-task|--output|--nccl-ifname|--mem-fraction|--python|\
-    --script-file)
-      take_value "$@"; assign_flag "$1" "${VALUE}" ;;
-    *) die "unknown argument '$1' (see --help)" ;;
-  esac
-  shift 2
-done
+VALUE_FLAGS="--nodes|--gpus-per-node|--partition|--time|--account|--job-name|--cpus-per-task"
+VALUE_FLAGS+="|--output|--nccl-ifname|--mem-fraction|--python|--script-file"
+parse_flags "${VALUE_FLAGS}" "" "$@"
 
 require --nodes NODES
 require_positive_int --nodes "${NODES}"
