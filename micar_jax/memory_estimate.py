@@ -77,14 +77,28 @@ def abstract_batch(config: ml_collections.ConfigDict, text_seq_len: int, shardin
           for k, (shape, dtype) in spec.items()}
 
 
-def compiled_bytes(compiled: Any) -> int | None:
-  """Per-device bytes of a compiled executable (XLA's memory analysis), None if unknown."""
-  stats = compiled.memory_analysis()
-  if stats is None:
+def memory_breakdown(compiled: Any) -> dict[str, int] | None:
+  """Per-device bytes from `compiled.memory_analysis()` (None where the backend has none):
+  arguments, outputs, temporaries, aliased, code; total = the data buffers (arguments +
+  outputs + temporaries - aliased); peak, where XLA gives one."""
+  m = compiled.memory_analysis()
+  if m is None:
     return None
-  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-             - stats.alias_size_in_bytes + stats.temp_size_in_bytes
-             + stats.generated_code_size_in_bytes)
+  out = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+         "temporaries": m.temp_size_in_bytes, "aliased": m.alias_size_in_bytes,
+         "code": m.generated_code_size_in_bytes}
+  out["total"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
+  peak = getattr(m, "peak_memory_in_bytes", 0)
+  if peak:
+    out["peak"] = peak
+  return {k: int(v) for k, v in out.items()}
+
+
+def compiled_bytes(compiled: Any) -> int | None:
+  """Per-device bytes of a compiled executable: its data buffers and its code (XLA's
+  memory analysis), None if unknown."""
+  breakdown = memory_breakdown(compiled)
+  return None if breakdown is None else breakdown["total"] + breakdown["code"]
 
 
 def _proc_bytes(path: str, key: str) -> int | None:

@@ -47,7 +47,7 @@ from absl import app, flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from micar_jax import bench, collectives, decode, errors, optim, plan_report
+from micar_jax import bench, collectives, decode, errors, memory_estimate, optim, plan_report
 from micar_jax import main as cli
 from micar_jax import roofline, sharding, stack_limit, steps
 from micar_jax import topology as topology_lib
@@ -92,22 +92,6 @@ class Program:
     return max(self.memory["total"], self.memory.get("peak") or 0)
 
 
-def memory_of(compiled: Any) -> dict[str, int] | None:
-  """Per-device bytes from `compiled.memory_analysis()` (None where the backend has none)."""
-  m = compiled.memory_analysis()
-  if m is None:
-    return None
-  out = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
-         "temporaries": m.temp_size_in_bytes, "aliased": m.alias_size_in_bytes,
-         "code": m.generated_code_size_in_bytes}
-  # The data buffers; training's memory check (memory_estimate) also counts the code.
-  out["total"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
-  peak = getattr(m, "peak_memory_in_bytes", 0)
-  if peak:
-    out["peak"] = peak
-  return {k: int(v) for k, v in out.items()}
-
-
 def analyse(lowered: Any, num_devices: int) -> Program:
   """Compiles a lowered program and reads its memory, cost and collectives."""
   start = time.perf_counter()
@@ -123,7 +107,8 @@ def analyse(lowered: Any, num_devices: int) -> Program:
   if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
     cost = cost[0] if cost else {}
   optimal = cost.get("optimal_seconds")
-  return Program(compile_s, memory_of(compiled), float(cost.get("flops", 0.0)),
+  return Program(compile_s, memory_estimate.memory_breakdown(compiled),
+                 float(cost.get("flops", 0.0)),
                  float(cost.get("bytes accessed", 0.0)),
                  # The CPU backend reports a negative placeholder.
                  optimal if optimal and optimal > 0 else None,
