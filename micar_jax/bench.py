@@ -28,7 +28,7 @@ run stopped part-way keeps what it measured):
 
 No dataset is needed: images are standard-normal (already normalised) and
 reports random token ids. The vocabulary size is config.model.vocab_size, the
-tokenizer's with --data_dir, else DEFAULT_VOCAB. grain, sentencepiece and
+tokenizer's with --data_dir, else defaults.DEFAULT_VOCAB. grain, sentencepiece and
 TFDS are imported only for --data_dir, so the benchmark runs where only jax,
 flax, optax, orbax-checkpoint and ml_collections are installed.
 """
@@ -49,7 +49,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from micar_jax import bench_sweeps, chips, decode, device_memory, errors, flops, profiling, sharding
+from micar_jax import bench_sweeps, chips, decode, defaults, device_memory, errors, profiling
+from micar_jax import sharding
 from micar_jax import steps, summary, timing
 from micar_jax.data import sources
 from micar_jax.models import model as model_lib
@@ -88,10 +89,6 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
-# Vocabulary size when neither the config nor a data folder gives one (MMR's order).
-DEFAULT_VOCAB = 2046
-
-
 @dataclasses.dataclass(frozen=True)
 class Options:
   """What to measure besides the train step (the command-line flags)."""
@@ -122,29 +119,12 @@ def peak_tflops(device_kind: str) -> float | None:
   return chip.peak_tflops if chip else None
 
 
-def model_flops_per_image(mc: model_lib.ModelConfig, image_size: int) -> int:
-  """Training FLOPs per image: 3 x the forward pass, counting only the routed experts.
-
-  The forward pass is traced with the sort dispatch whatever mc.moe_impl says,
-  since capacity buffers would count padding slots (and dropless einsum every
-  expert) as model work.
-  """
-  sorted_mc = dataclasses.replace(mc, moe_impl="sort", remat=False)
-  model = model_lib.MicarVLMoE(sorted_mc)
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3) if mc.num_views == 1
-                                else (1, mc.num_views, image_size, image_size, 3), jnp.float32)
-  ids = jax.ShapeDtypeStruct((1, mc.max_len), jnp.int32)
-  forward = flops.count_flops(lambda v, x, t: model.apply(v, x, t, None),
-                              summary.abstract_variables(sorted_mc), images, ids)
-  return 3 * forward
-
-
 def bench_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
                 opts: Options, peak: float | None) -> tuple[dict[str, Any], steps.TrainState]:
   """Times the configured train step; returns its figures and the trained state."""
   batch_size = config.train.batch_size
   figures, run = timing.time_train(config, mc, mesh, rules, batch_size, opts.steps, opts.warmup)
-  flops_per_image = model_flops_per_image(mc, config.data.image_size)
+  flops_per_image = summary.model_flops_per_image(mc, config.data.image_size)
   tflops = flops_per_image * batch_size / (figures["step_ms"] / 1e3) / 1e12
   total_peak = peak * mesh.size if peak else None
   peak_bytes = device_memory.peak_memory(mesh.devices.flat)
@@ -242,7 +222,8 @@ def run(config: ml_collections.ConfigDict, opts: Options) -> dict[str, Any]:
     config.data_dir = opts.data_dir
     with tempfile.TemporaryDirectory() as workdir:
       tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
-  vocab = config.model.vocab_size or (tokenizer.vocab_size if tokenizer else DEFAULT_VOCAB)
+  vocab = config.model.vocab_size or (tokenizer.vocab_size if tokenizer
+                                      else defaults.DEFAULT_VOCAB)
   config.model.vocab_size = vocab
   mc = model_lib.ModelConfig.from_config(config, vocab)
   devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None

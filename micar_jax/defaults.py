@@ -9,6 +9,10 @@ import ml_collections
 
 from micar_jax.data import registry
 
+# Vocabulary size where neither the config nor a tokenizer gives one (MMR's order):
+# the benchmark and the planner need shapes before any data exists.
+DEFAULT_VOCAB = 2046
+
 # ResNet stage sizes by depth (bottleneck blocks, torchvision v1.5).
 RESNET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 # Where the dataset configs look for torchvision's ResNet-101 IMAGENET1K_V2 weights,

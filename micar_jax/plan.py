@@ -47,9 +47,9 @@ from absl import app, flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from micar_jax import bench, collectives, decode, errors, memory_estimate, optim, plan_report
+from micar_jax import collectives, decode, defaults, errors, memory_estimate, optim, plan_report
 from micar_jax import main as cli
-from micar_jax import roofline, sharding, stack_limit, steps
+from micar_jax import roofline, sharding, stack_limit, steps, summary
 from micar_jax import topology as topology_lib
 from micar_jax.models import model as model_lib
 
@@ -144,7 +144,8 @@ def plan_decode(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig,
 
 def model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   """The ModelConfig; without a tokenizer the vocabulary is config.model.vocab_size or MMR's."""
-  return model_lib.ModelConfig.from_config(config, config.model.vocab_size or bench.DEFAULT_VOCAB)
+  return model_lib.ModelConfig.from_config(config,
+                                           config.model.vocab_size or defaults.DEFAULT_VOCAB)
 
 
 def _mesh(config: ml_collections.ConfigDict, devices: list[jax.Device]) -> Mesh:
@@ -198,7 +199,7 @@ def plan(config: ml_collections.ConfigDict, topo: topology_lib.Topology,
   mc = model_config(config)
   mesh = _mesh(config, topology_lib.devices(topo))
   _check_batch(config, mesh)
-  flops_per_image = bench.model_flops_per_image(mc, config.data.image_size)
+  flops_per_image = summary.model_flops_per_image(mc, config.data.image_size)
   train = train_json(config, mc, topo, mesh, plan_train(config, mc, mesh), flops_per_image)
   decode = None
   if with_decode:
@@ -262,7 +263,7 @@ def search(config: ml_collections.ConfigDict, topo: topology_lib.Topology,
   start = time.perf_counter()
   mc = model_config(config)
   devices = topology_lib.devices(topo)
-  flops_per_image = bench.model_flops_per_image(mc, config.data.image_size)
+  flops_per_image = summary.model_flops_per_image(mc, config.data.image_size)
   candidates, unmappable = [], 0
   for batch_size in batch_sizes:
     for sizes in meshes(len(devices), mc.num_experts, batch_size, axes):

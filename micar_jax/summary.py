@@ -1,14 +1,17 @@
-"""Parameter table of a config's model, computed from shapes only (jax.eval_shape)."""
+"""Parameter table of a config's model, computed from shapes only (jax.eval_shape), and its
+training FLOPs per image."""
 
 import collections
+import dataclasses
 import os
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from micar_jax import steps
+from micar_jax import flops, steps
 from micar_jax.data import tokenizer as tokenizer_lib
 from micar_jax.models import model as model_lib
 
@@ -52,3 +55,20 @@ def format_summary(params: dict, depth: int = 2) -> str:
   total = sum(count for _, count in rows)
   lines.append(f"total_params={total}")
   return "\n".join(lines)
+
+
+def model_flops_per_image(mc: model_lib.ModelConfig, image_size: int) -> int:
+  """Training FLOPs per image: 3 x the forward pass, counting only the routed experts.
+
+  The forward pass is traced with the sort dispatch whatever mc.moe_impl says,
+  since capacity buffers would count padding slots (and dropless einsum every
+  expert) as model work.
+  """
+  sorted_mc = dataclasses.replace(mc, moe_impl="sort", remat=False)
+  model = model_lib.MicarVLMoE(sorted_mc)
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3) if mc.num_views == 1
+                                else (1, mc.num_views, image_size, image_size, 3), jnp.float32)
+  ids = jax.ShapeDtypeStruct((1, mc.max_len), jnp.int32)
+  forward = flops.count_flops(lambda v, x, t: model.apply(v, x, t, None),
+                              abstract_variables(sorted_mc), images, ids)
+  return 3 * forward

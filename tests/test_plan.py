@@ -13,7 +13,7 @@ import sys
 import jax
 import pytest
 
-from micar_jax import bench, defaults, memory_estimate, optim, plan, sharding, steps, topology
+from micar_jax import defaults, memory_estimate, optim, plan, sharding, steps, summary, topology
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 TINY = ["--config=configs/mmr.py:tiny", "--config.data.text_seq_len=8"]
@@ -63,7 +63,7 @@ def test_plan_reports_flops_collectives_and_the_decoder(cpu8_plan):
   config, result = cpu8_plan
   train_result = result["train"]
   assert train_result["mesh"] == {"data": 4, "fsdp": 2, "expert": 1, "tensor": 1}
-  assert train_result["model_flops"] == 8 * bench.model_flops_per_image(
+  assert train_result["model_flops"] == 8 * summary.model_flops_per_image(
       plan.model_config(config), 32)
   kinds = {c["kind"]: c for c in train_result["collectives"]}
   # Gradients are reduced over the batch axes; fsdp-sharded weights are gathered.

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from micar_jax import bench, sharding, timing
+from micar_jax import bench, defaults, sharding, timing
 from micar_jax.models import model as model_lib
 
 FLAGS = flags.FLAGS
@@ -54,7 +54,7 @@ def compare_logits(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 def train_and_probe(config: ml_collections.ConfigDict, steps: int
                     ) -> tuple[list[float], np.ndarray, np.ndarray]:
   """(loss after each step, eval logits at init, eval logits after the steps)."""
-  vocab = config.model.vocab_size or bench.DEFAULT_VOCAB
+  vocab = config.model.vocab_size or defaults.DEFAULT_VOCAB
   config.model.vocab_size = vocab
   mc = model_lib.ModelConfig.from_config(config, vocab)
   mesh = sharding.make_mesh(config, jax.devices()[:1])
