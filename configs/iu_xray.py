@@ -8,7 +8,7 @@ Both views go through the MSVE and their visual tokens are concatenated
 
 import ml_collections
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -14,7 +14,7 @@ measured with `python -m micar_jax.tools.precision --config=configs/mmr.py:fast,
 
 import ml_collections
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 
 
 def fast(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

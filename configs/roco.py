@@ -5,7 +5,7 @@
 
 import ml_collections
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

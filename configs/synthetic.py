@@ -10,7 +10,7 @@ well. `--config.data_dir=DIR` puts (or finds) it elsewhere.
 
 import ml_collections
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

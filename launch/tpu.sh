@@ -143,7 +143,7 @@ wait_until_active() {
 }
 
 # Compiles the train step for ACCELERATOR_TYPE with the run's config
-# (micar_jax.plan) and dies with the plan's one-line reason when it would not
+# (micar_jax.performance.plan) and dies with the plan's one-line reason when it would not
 # fit; prints the plan's summary (as comments under --dry-run).
 plan_fit() {
   local args=() arg out err rc
@@ -163,7 +163,7 @@ plan_fit() {
     reason="$(grep '^error: ' "${err}" | tail -n 1)"
     rm -f "${err}"
     reason="${reason#error: }"
-    die "plan: ${reason:-micar_jax.plan failed (exit ${rc})}; --skip-plan skips the check"
+    die "plan: ${reason:-micar_jax.performance.plan failed (exit ${rc})}; --skip-plan skips the check"
   fi
   rm -f "${err}"
   # The last line is the plan's JSON; the rest is its table.

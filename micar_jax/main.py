@@ -70,7 +70,8 @@ def maybe_initialize_distributed() -> None:
 def run(config, workdir: str | None, mode: str, images: list[str] | None,
         host: str = "127.0.0.1", port: int = 8080) -> None:
   """Dispatches one mode (the body of main, callable from Python)."""
-  from micar_jax import config_validation, errors, summary  # pylint: disable=g-import-not-at-top
+  from micar_jax.config import validation as config_validation  # pylint: disable=g-import-not-at-top
+  from micar_jax.core import summary  # pylint: disable=g-import-not-at-top
   config_validation.validate(config)
   if mode == "summary":
     from micar_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
@@ -87,12 +88,13 @@ def run(config, workdir: str | None, mode: str, images: list[str] | None,
     config.data_dir = synthetic.data_dir_in(workdir)
     print(f"synthetic data: {config.data_dir}", flush=True)
     if not os.path.exists(os.path.join(config.data_dir, "train.jsonl")):
-      from micar_jax import status  # pylint: disable=g-import-not-at-top
+      from micar_jax.core import status  # pylint: disable=g-import-not-at-top
       with status.phase("generating the synthetic dataset"):
         synthetic.ensure_synthetic(config)
   maybe_initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
-  from micar_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+
+  from micar_jax.training import workdir_lock  # pylint: disable=g-import-not-at-top
   with workdir_lock.hold(workdir, mode, jax.process_index()):
     _dispatch(config, workdir, mode, images, host, port)
 
@@ -100,8 +102,11 @@ def run(config, workdir: str | None, mode: str, images: list[str] | None,
 def _dispatch(config, workdir: str, mode: str, images: list[str] | None, host: str,
               port: int) -> None:
   """Runs one mode on a prepared, locked workdir."""
-  from micar_jax import config_validation, errors  # pylint: disable=g-import-not-at-top
-  from micar_jax import predict, run as run_lib, train  # pylint: disable=g-import-not-at-top
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  from micar_jax.config import validation as config_validation  # pylint: disable=g-import-not-at-top
+  from micar_jax.core import run as run_lib  # pylint: disable=g-import-not-at-top
+  from micar_jax.inference import predict  # pylint: disable=g-import-not-at-top
+  from micar_jax.training import train  # pylint: disable=g-import-not-at-top
   if mode == "train":
     config_validation.check_train_split(config)
     train.train_and_evaluate(config, workdir)
@@ -114,7 +119,7 @@ def _dispatch(config, workdir: str, mode: str, images: list[str] | None, host: s
       predict.predict(config, workdir, images)
     else:
       # matplotlib loads only for this mode.
-      from micar_jax import explain  # pylint: disable=g-import-not-at-top
+      from micar_jax.inference import explain  # pylint: disable=g-import-not-at-top
       explain.explain(config, workdir, images)
   elif mode == "serve":
     # The web stack loads only for this mode.
@@ -153,12 +158,14 @@ class _QuietLibraries:
 
 def main(argv) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from micar_jax import status  # pylint: disable=g-import-not-at-top
+  from micar_jax.core import status  # pylint: disable=g-import-not-at-top
   status.quiet_backend_probing()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from micar_jax import errors, stopping  # pylint: disable=g-import-not-at-top
-  from micar_jax.data import images as images_lib, sources  # pylint: disable=g-import-not-at-top
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  from micar_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
+  from micar_jax.data import sources
+  from micar_jax.training import stopping  # pylint: disable=g-import-not-at-top
   stopping.raise_on_signals()
   errors.quiet_full_disk_in_threads()
   try:

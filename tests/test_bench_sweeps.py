@@ -2,7 +2,8 @@
 
 import pytest
 
-from micar_jax import bench_sweeps, defaults
+from micar_jax.config import defaults
+from micar_jax.performance import bench_sweeps
 
 
 @pytest.mark.parametrize("variant, impl, capacity", [

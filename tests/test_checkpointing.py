@@ -1,4 +1,4 @@
-"""Tests for micar_jax.checkpointing: a full disk during a save is one error, nothing lost."""
+"""Tests for micar_jax.core.checkpointing: a full disk during a save is one error, nothing lost."""
 
 import logging
 import os
@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from micar_jax import checkpointing, errors
+from micar_jax import errors
+from micar_jax.core import checkpointing
 
 
 @pytest.fixture

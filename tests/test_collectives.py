@@ -3,9 +3,10 @@
 import jax
 import jax.numpy as jnp
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from micar_jax import collectives
+from micar_jax.performance import collectives
 
 # Lines in the form TPU programs print them (async starts, tiled layouts, iota groups).
 HLO = """

@@ -1,4 +1,4 @@
-"""Tests for micar_jax.config_validation: every field's range, the relations, the train split."""
+"""Tests for micar_jax.config.validation: every field's range, the relations, the train split."""
 
 import glob
 import importlib.util
@@ -9,7 +9,9 @@ import sys
 import ml_collections
 import pytest
 
-from micar_jax import config_validation, defaults, errors
+from micar_jax import errors
+from micar_jax.config import defaults
+from micar_jax.config import validation as config_validation
 from tests import test_train
 
 

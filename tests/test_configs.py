@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from micar_jax import config_validation
+from micar_jax.config import validation as config_validation
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 

@@ -19,7 +19,8 @@ import pytest
 
 from micar_jax import errors
 from micar_jax.convert import names, official
-from micar_jax.models import attention, model as model_lib, moe
+from micar_jax.models import attention, moe
+from micar_jax.models import model as model_lib
 
 VOCAB = 30
 

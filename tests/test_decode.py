@@ -9,9 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from micar_jax import decode, defaults, evaluate, sharding
+from micar_jax import decode, evaluate
+from micar_jax.config import defaults
+from micar_jax.core import sharding
 from micar_jax.data.tokenizer import EOS, PAD, SOS
 from micar_jax.models import model as model_lib
+from micar_jax.models import partitioning
 
 T = 8  # decoding steps (text_seq_len) of the tiny model
 
@@ -186,7 +189,7 @@ def test_a_padded_last_batch_gives_the_unpadded_reports(tiny, method, num_device
   config = c.copy_and_resolve_references()
   config.mesh.data = num_devices
   mesh = sharding.make_mesh(config, jax.devices()[:num_devices])
-  with sharding.use_mesh(mesh, sharding.logical_rules()):
+  with partitioning.use_mesh(mesh, partitioning.logical_rules()):
     # ... and `put` pads it again to a multiple of the mesh's batch shards.
     padded = generate_fn(params, batch_stats, *evaluate.device_images(
         lambda b: sharding.global_batch(b, mesh, pad=True), batch))

@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from micar_jax import device_memory
+from micar_jax.performance import device_memory
 
 
 def test_cpu_has_no_memory_statistics():

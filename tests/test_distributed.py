@@ -12,8 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from micar_jax import defaults, optim, run_logging, sharding, steps, train
+from micar_jax.config import defaults
+from micar_jax.core import sharding
+from micar_jax.core import state as state_lib
 from micar_jax.models import model as model_lib
+from micar_jax.models import partitioning
+from micar_jax.training import optim, run_logging, steps, train
 from tests import test_train
 
 VOCAB = 29
@@ -24,7 +28,7 @@ def step_config(impl="sort", **sizes):
   c = defaults.tiny(defaults.base_config())
   c.model.moe_impl = impl
   c.data.text_seq_len = SEQ
-  for axis in sharding.MESH_AXES:
+  for axis in partitioning.MESH_AXES:
     c.mesh[axis] = sizes.get(axis, 1)
   return c
 
@@ -48,11 +52,11 @@ def one_train_step(impl, devices=None, **sizes):
   config = step_config(impl, **sizes)
   mc = model_lib.ModelConfig.from_config(config, VOCAB)
   tx = optim.make_optimizer(config, 10)
-  init = steps.make_init_fn(mc, tx, config.data.image_size)
+  init = state_lib.make_init_fn(mc, tx, config.data.image_size)
   mesh = sharding.make_mesh(config, devices)
-  rules = sharding.logical_rules()
+  rules = partitioning.logical_rules()
   state, shardings = sharding.init_sharded(init, mesh, rules, jax.random.PRNGKey(0))
-  with sharding.use_mesh(mesh, rules):
+  with partitioning.use_mesh(mesh, rules):
     step = jax.jit(steps.make_train_step(mc, tx, config),
                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(shardings, None))
@@ -118,7 +122,7 @@ def run_config(tmp_path, impl="sort", num_devices=1, **sizes):
   c.train.max_steps = 20
   c.train.checkpoint_every = 4
   c.mesh.num_devices = num_devices
-  for axis in sharding.MESH_AXES:
+  for axis in partitioning.MESH_AXES:
     c.mesh[axis] = sizes.get(axis, 1)
   return c
 

@@ -5,8 +5,11 @@ import jax
 import numpy as np
 import pytest
 
-from micar_jax import defaults, evaluate, steps
+from micar_jax import evaluate
+from micar_jax.config import defaults
+from micar_jax.core import state as state_lib
 from micar_jax.models import model as model_lib
+from micar_jax.training import steps
 
 VOCAB, SEQ = 20, 8
 
@@ -16,7 +19,7 @@ def eval_setup():
   c = defaults.tiny(defaults.base_config())
   c.data.text_seq_len = SEQ
   mc = model_lib.ModelConfig.from_config(c, VOCAB)
-  variables = nn.meta.unbox(jax.jit(steps.make_variables_init_fn(mc, 32))(jax.random.PRNGKey(0)))
+  variables = nn.meta.unbox(jax.jit(state_lib.make_variables_init_fn(mc, 32))(jax.random.PRNGKey(0)))
   return jax.jit(steps.make_eval_step(mc, c)), variables
 
 

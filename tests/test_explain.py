@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from micar_jax import errors, explain, main, predict, run as run_lib, steps
-from micar_jax import explain_figure as fig
+from micar_jax import errors, main
+from micar_jax.core import run as run_lib
+from micar_jax.core import state as state_lib
 from micar_jax.data.tokenizer import EOS, PAD, SOS, WordTokenizer
+from micar_jax.inference import explain, predict
+from micar_jax.inference import explain_figure as fig
 from micar_jax.models import model as model_lib
 from micar_jax.models import routing
 from tests import test_train
@@ -31,7 +34,7 @@ def run_dir(tmp_path_factory):
   mc = run.model_config
   model = model_lib.MicarVLMoE(mc)
   variables = nn.meta.unbox(jax.jit(model.init)(
-      jax.random.PRNGKey(0), *steps.dummy_inputs(mc, config.data.image_size)))
+      jax.random.PRNGKey(0), *state_lib.dummy_inputs(mc, config.data.image_size)))
   run.checkpoints.save_best(1, {"params": variables["params"],
                                 "batch_stats": variables["batch_stats"]}, {"score": 0.0})
   run.checkpoints.close()

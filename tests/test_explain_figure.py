@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from micar_jax import explain_figure
 from micar_jax.data import images as images_lib
+from micar_jax.inference import explain_figure
 
 
 def test_render_shares_one_colour_scale_and_marks_the_uniform_level():

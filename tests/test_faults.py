@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from micar_jax import workdir_lock
+from micar_jax.training import workdir_lock
 
 CLI = [sys.executable, "-m", "micar_jax.main"]
 

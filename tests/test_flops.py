@@ -3,7 +3,9 @@
 import jax
 import jax.numpy as jnp
 
-from micar_jax import defaults, flops, summary
+from micar_jax.config import defaults
+from micar_jax.core import summary
+from micar_jax.models import flops
 from micar_jax.models import model as model_lib
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 from micar_jax.data import input_pipeline as ip
 from micar_jax.data import jsonl, sources, synthetic
 from micar_jax.data import tokenizer as tl

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from micar_jax import defaults, summary
+from micar_jax.config import defaults
+from micar_jax.core import summary
 from micar_jax.models import model as model_lib
 
 REFERENCE_COUNTS = [  # (L, activation, text length, V, trainable parameters of the reference)

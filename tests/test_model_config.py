@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from micar_jax import checkpointing, defaults
+from micar_jax.config import defaults
+from micar_jax.core import checkpointing
 from micar_jax.models.model_config import ModelConfig
 
 DERIVED = {"vocab_size", "max_len", "stage_sizes", "num_views"}

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 from micar_jax.models import layers, model_config, moe, routing
 
 E, K, D, F = 4, 2, 8, 16

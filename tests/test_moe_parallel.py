@@ -9,16 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from micar_jax import defaults, sharding
+from micar_jax.config import defaults
+from micar_jax.core import sharding
 from micar_jax.models import model as model_lib
-from micar_jax.models import moe
+from micar_jax.models import moe, partitioning
 
 E, K, D, F = 4, 2, 8, 16
 
 
 def mesh_of(devices=None, **sizes):
   c = defaults.base_config()
-  for axis in sharding.MESH_AXES:
+  for axis in partitioning.MESH_AXES:
     c.mesh[axis] = sizes.get(axis, 1)
   return sharding.make_mesh(c, devices)
 
@@ -66,7 +67,7 @@ def test_matches_one_device_outputs_aux_and_gradients(mesh_name, combine):
     mesh = mesh_of(jax.devices()[:1])
   else:
     mesh = mesh_of(**MESHES[mesh_name])
-  with sharding.use_mesh(mesh, sharding.logical_rules()):
+  with partitioning.use_mesh(mesh, partitioning.logical_rules()):
     grads, (y, stats) = jax.jit(grad_fn(layer("expert_parallel", combine)))(params, x)
   assert float(stats["dropped"]) == 0.0
   for impl in ("sort", "einsum"):
@@ -79,7 +80,7 @@ def test_matches_one_device_outputs_aux_and_gradients(mesh_name, combine):
 
 def test_token_count_not_divisible_by_the_shards_is_padded():
   params, x = inputs(batch=3, tokens=5)  # 15 tokens over 8 shards
-  with sharding.use_mesh(mesh_of(data=2, expert=4), sharding.logical_rules()):
+  with partitioning.use_mesh(mesh_of(data=2, expert=4), partitioning.logical_rules()):
     grads, (y, stats) = jax.jit(grad_fn(layer("expert_parallel")))(params, x)
   ref_grads, (ref_y, _) = jax.jit(grad_fn(layer("sort")))(params, x)
   np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-6)
@@ -92,7 +93,7 @@ def test_capacity_is_per_shard_and_drops_are_counted():
   # the one-device capacity MoE applied to each sequence alone.
   params, x = inputs(batch=8, tokens=6)
   cf = 0.5
-  with sharding.use_mesh(mesh_of(data=2, expert=4), sharding.logical_rules()):
+  with partitioning.use_mesh(mesh_of(data=2, expert=4), partitioning.logical_rules()):
     y, stats = jax.jit(lambda p, x: layer("expert_parallel", capacity_factor=cf).apply(
         {"params": p}, x, False))(params, x)
   one_shard = jax.jit(
@@ -112,7 +113,7 @@ def test_dropout_masks_depend_on_the_rng_only():
     module = layer(impl, dropout=0.5)
     return module.apply({"params": params}, x, True, rngs={"dropout": jax.random.PRNGKey(seed)})[0]
 
-  with sharding.use_mesh(mesh_of(data=2, expert=4), sharding.logical_rules()):
+  with partitioning.use_mesh(mesh_of(data=2, expert=4), partitioning.logical_rules()):
     sharded = jax.jit(run, static_argnums=(0, 1))
     a, b, c = sharded("expert_parallel", 0), sharded("expert_parallel", 0), sharded(
         "expert_parallel", 1)
@@ -129,7 +130,7 @@ def test_dropout_masks_depend_on_the_rng_only():
 def test_forward_backward_uses_four_all_to_alls():
   params, x = inputs()
   f = lambda p, x: loss_and_stats(layer("expert_parallel"), p, x)[0]
-  with sharding.use_mesh(mesh_of(data=2, expert=4), sharding.logical_rules()):
+  with partitioning.use_mesh(mesh_of(data=2, expert=4), partitioning.logical_rules()):
     hlo = jax.jit(jax.grad(f, argnums=(0, 1))).lower(params, x).compile().as_text()
   # Dispatch and return forward, and their transposes backward.
   assert len(re.findall(r"\sall-to-all\(", hlo)) == 4
@@ -140,7 +141,7 @@ def test_errors_without_a_mesh_or_with_indivisible_experts():
   module = layer("expert_parallel")
   with pytest.raises(ValueError, match="needs a mesh"):
     module.apply({"params": params}, x, False)
-  with sharding.use_mesh(mesh_of(expert=8), sharding.logical_rules()):
+  with partitioning.use_mesh(mesh_of(expert=8), partitioning.logical_rules()):
     with pytest.raises(ValueError, match="num_experts=4 does not split"):
       module.apply({"params": params}, x, False)
 
@@ -160,7 +161,7 @@ def test_tiny_model_logits_match_sort_impl():
   ref_logits, ref_stats = jax.jit(lambda v: model_lib.MicarVLMoE(mc).apply(
       v, images, ids, None, False))(variables)
   mesh = mesh_of(data=2, expert=4)
-  with sharding.use_mesh(mesh, sharding.logical_rules()):
+  with partitioning.use_mesh(mesh, partitioning.logical_rules()):
     logits, stats = jax.jit(lambda v: model_lib.MicarVLMoE(ep_mc).apply(
         v, images, ids, None, False))(variables)
   np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-5)

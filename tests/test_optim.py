@@ -1,4 +1,4 @@
-"""Tests for micar_jax.optim against a NumPy statement of torch's AdamW(amsgrad=True)."""
+"""Tests for micar_jax.training.optim against a NumPy statement of torch's AdamW(amsgrad=True)."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from micar_jax import defaults, optim
+from micar_jax.config import defaults
+from micar_jax.training import optim
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
 # Gradient scale per step: large early, then small, so the raw second moment
@@ -154,7 +155,7 @@ def test_global_norm_clipping():
 
 
 def test_state_shards_like_logically_partitioned_params():
-  # steps.make_init_fn passes logically-partitioned params to tx.init; the
+  # state_lib.make_init_fn passes logically-partitioned params to tx.init; the
   # moments must inherit the params' logical axes (masked-out leaves included).
   c = _config()
   params, grads = _toy()

@@ -1,4 +1,4 @@
-"""micar_jax.plan: the real train step and decoder compiled for a topology, read back.
+"""micar_jax.performance.plan: the real train step and decoder compiled for a topology, read back.
 
 The default tests compile for `cpu:8` (this process's 8 simulated devices) at
 the tiny config and check the plan's figures against XLA's own analyses of the
@@ -13,7 +13,12 @@ import sys
 import jax
 import pytest
 
-from micar_jax import defaults, memory_estimate, optim, plan, sharding, steps, summary, topology
+from micar_jax.config import defaults
+from micar_jax.core import sharding, summary
+from micar_jax.core import state as state_lib
+from micar_jax.models import partitioning
+from micar_jax.performance import plan, topology
+from micar_jax.training import memory_check, optim, steps
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 TINY = ["--config=configs/mmr.py:tiny", "--config.data.text_seq_len=8"]
@@ -23,7 +28,7 @@ def tiny_config(**mesh):
   c = defaults.tiny(defaults.base_config())
   c.data.text_seq_len = 8
   c.train.batch_size = c.eval.batch_size = 8
-  for axis in sharding.MESH_AXES:
+  for axis in partitioning.MESH_AXES:
     c.mesh[axis] = mesh.get(axis, 1)
   return c
 
@@ -38,14 +43,14 @@ def test_train_memory_is_what_xla_reports_for_the_train_step_on_real_arrays(cpu8
   config, result = cpu8_plan
   mc = plan.model_config(config)
   mesh = sharding.make_mesh(config, jax.devices()[:8])
-  rules = sharding.logical_rules()
+  rules = partitioning.logical_rules()
   tx = optim.make_optimizer(config, 1)
   size = config.data.image_size
-  state, shardings = sharding.init_sharded(steps.make_init_fn(mc, tx, size), mesh, rules,
+  state, shardings = sharding.init_sharded(state_lib.make_init_fn(mc, tx, size), mesh, rules,
                                            jax.random.PRNGKey(0))
-  shapes = memory_estimate.abstract_batch(config, mc.max_len, sharding.batch_sharding(mesh))
+  shapes = memory_check.abstract_batch(config, mc.max_len, sharding.batch_sharding(mesh))
   batch = {k: jax.numpy.zeros(v.shape, v.dtype, device=v.sharding) for k, v in shapes.items()}
-  with sharding.use_mesh(mesh, rules):
+  with partitioning.use_mesh(mesh, rules):
     compiled = steps.jit_train_step(mc, tx, config, shardings, mesh).lower(state, batch).compile()
   m = compiled.memory_analysis()
   got = result["train"]["memory_bytes"]
@@ -93,13 +98,13 @@ def test_shortfall_names_what_is_missing():
   over = {"topology": topo, "train": {"fits": False, "error": None, "need_bytes": 20 * 2**30}}
   assert plan.shortfall(over) == (
       "the train step needs 20.00 GiB per chip on v5e-8 (v5e, 16.0 GiB per chip), 4.00 GiB "
-      "short; try micar_jax.plan --search, remat or a larger topology")
+      "short; try micar_jax.performance.plan --search, remat or a larger topology")
   fits = {"topology": topo, "train": {"fits": True, "error": None, "need_bytes": 2**30}}
   assert plan.shortfall(fits) is None
 
 
 def run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "micar_jax.plan", *TINY, *args],
+  return subprocess.run([sys.executable, "-m", "micar_jax.performance.plan", *TINY, *args],
                         capture_output=True, text=True, timeout=1800)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 from micar_jax.tools import precision
 
 

@@ -6,7 +6,9 @@ import shutil
 
 import pytest
 
-from micar_jax import errors, predict, train
+from micar_jax import errors
+from micar_jax.inference import predict
+from micar_jax.training import train
 from tests import test_train
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from micar_jax import profiling
+from micar_jax.performance import profiling
 
 
 def meta(pid, name, tid=None):

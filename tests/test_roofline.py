@@ -2,7 +2,7 @@
 
 import pytest
 
-from micar_jax import chips, collectives, roofline
+from micar_jax.performance import chips, collectives, roofline
 
 V5P = chips.TPU_GENERATIONS["v5p"]
 

@@ -9,7 +9,9 @@ import flax.linen as nn
 import jax
 import pytest
 
-from micar_jax import errors, run as run_lib, steps
+from micar_jax import errors
+from micar_jax.core import run as run_lib
+from micar_jax.core import state as state_lib
 from micar_jax.data import sources
 from micar_jax.models import model as model_lib
 from tests import test_train
@@ -23,7 +25,7 @@ def best_run(tmp_path_factory):
   run = run_lib.Run(config, str(tmp / "run"))  # builds the synthetic data and the tokenizer
   mc = run.model_config
   variables = nn.meta.unbox(jax.jit(model_lib.MicarVLMoE(mc).init)(
-      jax.random.PRNGKey(0), *steps.dummy_inputs(mc, config.data.image_size)))
+      jax.random.PRNGKey(0), *state_lib.dummy_inputs(mc, config.data.image_size)))
   run.checkpoints.save_best(1, {"params": variables["params"],
                                 "batch_stats": variables["batch_stats"]}, {"score": 0.0})
   return tmp, run

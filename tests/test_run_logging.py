@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 from tensorboardX.proto import event_pb2
 
-from micar_jax import run_logging
+from micar_jax.training import run_logging
 
 
 def write_steps(path, steps, tail=""):

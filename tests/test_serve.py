@@ -18,12 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from micar_jax.core import state as state_lib
+
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from micar_jax import errors, explain, predict, steps  # noqa: E402
-from micar_jax import run as run_lib  # noqa: E402
+from micar_jax import errors  # noqa: E402
+from micar_jax.core import run as run_lib  # noqa: E402
+from micar_jax.inference import explain, predict  # noqa: E402
 from micar_jax.models import model as model_lib  # noqa: E402
 from micar_jax.serve import app as app_lib  # noqa: E402
 from micar_jax.serve import engine as engine_lib  # noqa: E402
@@ -42,7 +45,7 @@ def served(tmp_path_factory):
   run = run_lib.Run(config, workdir)  # builds the synthetic data and the tokenizer
   mc = run.model_config
   variables = nn.meta.unbox(jax.jit(model_lib.MicarVLMoE(mc).init)(
-      jax.random.PRNGKey(0), *steps.dummy_inputs(mc, config.data.image_size)))
+      jax.random.PRNGKey(0), *state_lib.dummy_inputs(mc, config.data.image_size)))
   run.checkpoints.save_best(1, {"params": variables["params"],
                                 "batch_stats": variables["batch_stats"]}, {"score": 0.0})
   run_lib.test_best(run)
@@ -204,7 +207,7 @@ def test_serve_needs_the_extra_and_a_free_port(served, monkeypatch):
 
 
 def test_core_package_does_not_import_the_web_stack():
-  code = ("import sys, micar_jax.main, micar_jax.train, micar_jax.predict, micar_jax.explain; "
+  code = ("import sys, micar_jax.main, micar_jax.training.train, micar_jax.inference.predict, micar_jax.inference.explain; "
           "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))

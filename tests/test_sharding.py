@@ -8,23 +8,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
-from micar_jax import defaults, sharding, steps
+from micar_jax.config import defaults
+from micar_jax.core import sharding
+from micar_jax.core import state as state_lib
 from micar_jax.models import model as model_lib
-from micar_jax.models import moe
+from micar_jax.models import moe, partitioning
 
 
 def config_of(**sizes):
   c = defaults.tiny(defaults.base_config())
-  for axis in sharding.MESH_AXES:
+  for axis in partitioning.MESH_AXES:
     c.mesh[axis] = sizes.get(axis, 1)
   return c
 
 
 def test_make_mesh_fills_minus_one_with_auto_axes():
   mesh = sharding.make_mesh(config_of(data=-1, expert=4))
-  assert mesh.axis_names == sharding.MESH_AXES
+  assert mesh.axis_names == partitioning.MESH_AXES
   assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "expert": 4, "tensor": 1}
   assert all(t == AxisType.Auto for t in mesh.axis_types)
   one = sharding.make_mesh(config_of(data=-1), devices=jax.devices()[:1])
@@ -45,28 +48,28 @@ def test_make_mesh_rejects_sizes_that_do_not_fit(sizes, message):
 
 def test_resolve_spec_falls_back_when_an_axis_does_not_divide():
   mesh = sharding.make_mesh(config_of(data=2, fsdp=2, tensor=2))
-  rules = sharding.logical_rules()
+  rules = partitioning.logical_rules()
   # V = 229 is odd: vocab stays replicated, embed takes fsdp.
-  assert sharding.resolve_spec(("vocab", "embed"), (229, 32), rules, mesh) == P(None, "fsdp")
+  assert partitioning.resolve_spec(("vocab", "embed"), (229, 32), rules, mesh) == P(None, "fsdp")
   # conv_in = 3 cannot take fsdp, so conv_out (a later rule) gets it.
-  assert sharding.resolve_spec((None, None, "conv_in", "conv_out"), (7, 7, 3, 8), rules,
+  assert partitioning.resolve_spec((None, None, "conv_in", "conv_out"), (7, 7, 3, 8), rules,
                                mesh) == P(None, None, None, "fsdp")
   # A batch of 2 keeps the largest dividing prefix of ("data", "fsdp", "expert").
-  assert sharding.resolve_spec(("batch", None), (2, 5), rules, mesh) == P("data", None)
-  assert sharding.resolve_spec(("batch", None), (4, 5), rules, mesh) == P(
+  assert partitioning.resolve_spec(("batch", None), (2, 5), rules, mesh) == P("data", None)
+  assert partitioning.resolve_spec(("batch", None), (4, 5), rules, mesh) == P(
       ("data", "fsdp", "expert"), None)
   # Unknown names and None are replicated.
-  assert sharding.resolve_spec(("other", None), (4, 4), rules, mesh) == P(None, None)
+  assert partitioning.resolve_spec(("other", None), (4, 4), rules, mesh) == P(None, None)
 
 
 @pytest.fixture(scope="module")
 def tiny_abstract_state():
   config = config_of(fsdp=2, expert=2, tensor=2)
   mc = model_lib.ModelConfig.from_config(config, 229)
-  init = steps.make_init_fn(mc, optax.adamw(1e-3), config.data.image_size)
+  init = state_lib.make_init_fn(mc, optax.adamw(1e-3), config.data.image_size)
   mesh = sharding.make_mesh(config)
-  rules = sharding.logical_rules()
-  with sharding.use_mesh(mesh, rules):
+  rules = partitioning.logical_rules()
+  with partitioning.use_mesh(mesh, rules):
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   return abstract, sharding.state_shardings(abstract, mesh, rules), mesh
 
@@ -116,7 +119,7 @@ def test_init_sharded_creates_sharded_unboxed_state():
   tx = optax.adamw(1e-3)
   init = moe_init_fn(tx)
   mesh = sharding.make_mesh(config_of(fsdp=2, expert=4))
-  rules = sharding.logical_rules()
+  rules = partitioning.logical_rules()
   state, shardings = sharding.init_sharded(init, mesh, rules, jax.random.PRNGKey(3))
   w1 = state["params"]["w1"]
   assert isinstance(w1, jax.Array)

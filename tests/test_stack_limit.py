@@ -10,7 +10,7 @@ import pytest
 _SOFT = 8 << 20
 _PROBE = textwrap.dedent("""
     import os, resource, sys
-    from micar_jax import stack_limit
+    from micar_jax.performance import stack_limit
     print("start", os.getpid(), sys.argv[1:], flush=True)
     stack_limit.restart_unlimited()
     print("limit", resource.getrlimit(resource.RLIMIT_STACK)[0], sys.argv[1:])

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from micar_jax import status
+from micar_jax.core import status
 
 
 def test_a_phase_prints_its_name_then_its_time_and_note(capsys):

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from micar_jax import stopping
+from micar_jax.training import stopping
 
 
 def test_a_first_signal_only_sets_the_flag_and_handlers_come_back():

@@ -2,7 +2,7 @@
 
 import json
 
-from micar_jax import summary
+from micar_jax.core import summary
 from micar_jax.models import model as model_lib
 from tests import test_train
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 from micar_jax.data import synthetic
 
 

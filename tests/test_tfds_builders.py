@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 from micar_jax.data import input_pipeline as ip
 from micar_jax.data import jsonl, sources, synthetic, tfds_builders
 from micar_jax.data import tokenizer as tl

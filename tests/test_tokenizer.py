@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 from micar_jax.data import tokenizer as tl
 
 # The authors' released token2id.json files (not shipped in the repo); the test skips without them.

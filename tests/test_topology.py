@@ -5,7 +5,8 @@ import importlib.util
 import jax
 import pytest
 
-from micar_jax import chips, errors, topology
+from micar_jax import errors
+from micar_jax.performance import chips, topology
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 

@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from micar_jax import run_logging, train
+from micar_jax.training import run_logging, train
 
 
 def tiny_config(tmp_path, **train_overrides):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 from micar_jax.models import model as model_lib
 from micar_jax.models import transformer
 

@@ -5,11 +5,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from micar_jax import errors, workdir_lock
+from micar_jax import errors
+from micar_jax.training import workdir_lock
 
 HOLDER = ("import sys, time\n"
           "from micar_jax import workdir_lock\n"

@@ -12,8 +12,10 @@ Python API: `official_state_dict_to_variables`, `variables_to_official_state_dic
 
 from micar_jax.convert.io import load_model_init, load_vision_init, read_state_dict
 from micar_jax.convert.names import MismatchError
-from micar_jax.convert.official import (official_state_dict_to_variables,
-                                        variables_to_official_state_dict)
+from micar_jax.convert.official import (
+                                        official_state_dict_to_variables,
+                                        variables_to_official_state_dict,
+)
 
 __all__ = ["MismatchError", "load_model_init", "load_vision_init",
            "official_state_dict_to_variables", "read_state_dict",

@@ -7,9 +7,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from micar_jax import summary
 from micar_jax.convert import names
-from micar_jax.models import attention, model as model_lib, transformer
+from micar_jax.core import summary
+from micar_jax.models import attention, transformer
+from micar_jax.models import model as model_lib
 
 EMBEDDING = "text_embs.embedding.weight"
 

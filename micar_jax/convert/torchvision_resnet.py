@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from micar_jax import defaults
+from micar_jax.config import defaults
 from micar_jax.convert import names
 from micar_jax.models import resnet
 

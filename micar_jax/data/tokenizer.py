@@ -155,7 +155,7 @@ class SentencePieceTokenizer(Tokenizer):
     self._sp = None
 
   @property
-  def sp(self) -> "sentencepiece.SentencePieceProcessor":
+  def sp(self) -> "sentencepiece.SentencePieceProcessor":  # noqa: F821 (imported lazily)
     # Created lazily so the tokenizer pickles cheaply into grain workers.
     if self._sp is None:
       self._sp = _sentencepiece().SentencePieceProcessor(model_proto=self.model_proto)

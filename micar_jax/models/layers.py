@@ -11,12 +11,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from micar_jax import sharding
+from micar_jax.models import partitioning
 
 Array = jax.Array
 Dtype = Any
 
-# Logical axis names of parameters; `micar_jax.sharding` maps them to mesh axes.
+# Logical axis names of parameters; `micar_jax.core.sharding` maps them to mesh axes.
 EMBED = "embed"  # d_model
 MLP = "mlp"  # d_ff and fusion hidden widths
 LATENT = "latent"  # low-rank bottleneck of latent attention
@@ -152,7 +152,7 @@ def batch_sharded(x: Array) -> Array:
   activations (channels split over "fsdp") and then has to regather them
   ("Involuntary full rematerialization") to meet the batch-sharded neighbours.
   """
-  return sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
+  return partitioning.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
 
 
 def telu(x: Array) -> Array:

@@ -11,7 +11,7 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
-from micar_jax import defaults
+from micar_jax.models import resnet
 
 
 def _compute_only() -> Any:
@@ -82,10 +82,10 @@ class ModelConfig:
 def _derived_fields(config: ml_collections.ConfigDict, vocab_size: int | None) -> dict[str, Any]:
   """The ModelConfig fields that are not a `config.model` value of the same name."""
   m = config.model
-  stages = tuple(m.resnet_stages) or defaults.RESNET_STAGES.get(m.resnet_depth)
+  stages = tuple(m.resnet_stages) or resnet.RESNET_STAGES.get(m.resnet_depth)
   if stages is None:
     raise ValueError(f"unknown resnet_depth {m.resnet_depth}; expected one of "
-                     f"{sorted(defaults.RESNET_STAGES)} or set model.resnet_stages")
+                     f"{sorted(resnet.RESNET_STAGES)} or set model.resnet_stages")
   v = vocab_size or m.vocab_size
   if not v:
     raise ValueError("model.vocab_size is 0 and no tokenizer gave a vocabulary size "

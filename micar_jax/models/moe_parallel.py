@@ -20,7 +20,7 @@ so with capacity_factor <= 0 nothing is dropped and the result equals the
 one-device `MoE` exactly; with drops, priority is k-major within each shard.
 
 The mesh comes from the context: call the model under
-`micar_jax.sharding.use_mesh(mesh, rules)` (i.e. `jax.set_mesh(mesh)`), on an
+`micar_jax.core.partitioning.use_mesh(mesh, rules)` (i.e. `jax.set_mesh(mesh)`), on an
 Auto mesh that has an "expert" axis (size 1 works: one device or pure data
 parallelism).
 """
@@ -32,17 +32,16 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from micar_jax import sharding
-from micar_jax.models import moe_dispatch, routing
+from micar_jax.models import moe_dispatch, partitioning, routing
 
 Array = jax.Array
 
 
 def _context_mesh() -> jax.sharding.AbstractMesh:
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or sharding.EXPERT_AXIS not in mesh.axis_names:
+  if mesh.empty or partitioning.EXPERT_AXIS not in mesh.axis_names:
     raise ValueError("moe_impl='expert_parallel' needs a mesh with an 'expert' axis: run the "
-                     "model under micar_jax.sharding.use_mesh(mesh, rules)")
+                     "model under micar_jax.core.partitioning.use_mesh(mesh, rules)")
   return mesh
 
 
@@ -70,14 +69,14 @@ def expert_parallel(tokens: Array, expert_ids: Array, experts: moe_dispatch.Expe
   """
   mesh = _context_mesh()
   num_experts = experts[0].shape[0]
-  ep = mesh.shape[sharding.EXPERT_AXIS]
+  ep = mesh.shape[partitioning.EXPERT_AXIS]
   if num_experts % ep:
     raise ValueError(f"num_experts={num_experts} does not split over the mesh's "
                      f"expert axis of size {ep}")
-  batch_axes = tuple(a for a in sharding.BATCH_AXES if a in mesh.axis_names)
+  batch_axes = tuple(a for a in partitioning.BATCH_AXES if a in mesh.axis_names)
   shards = math.prod(mesh.shape[a] for a in batch_axes)
-  tp = mesh.shape.get(sharding.TENSOR_AXIS, 1)
-  hidden = sharding.TENSOR_AXIS if tp > 1 and experts[0].shape[-1] % tp == 0 else None
+  tp = mesh.shape.get(partitioning.TENSOR_AXIS, 1)
+  hidden = partitioning.TENSOR_AXIS if tp > 1 and experts[0].shape[-1] % tp == 0 else None
 
   n, k = expert_ids.shape
   pad = -n % shards
@@ -94,8 +93,8 @@ def expert_parallel(tokens: Array, expert_ids: Array, experts: moe_dispatch.Expe
   rows = P(batch_axes)
   fn = jax.shard_map(
       local, mesh=mesh,
-      in_specs=(rows, rows, P(sharding.EXPERT_AXIS, None, hidden),
-                P(sharding.EXPERT_AXIS, None, hidden), P(sharding.EXPERT_AXIS, hidden, None)),
+      in_specs=(rows, rows, P(partitioning.EXPERT_AXIS, None, hidden),
+                P(partitioning.EXPERT_AXIS, None, hidden), P(partitioning.EXPERT_AXIS, hidden, None)),
       out_specs=(rows, P()), check_vma=True)
   out, dropped = fn(tokens, expert_ids, *experts)
   return out[:n], dropped / (n * k)
@@ -106,7 +105,7 @@ def _dispatch_compute_return(x, ids, ws, act, capacity, hidden):
   n, k = ids.shape
   d = x.shape[-1]
   e_local = ws[0].shape[0]
-  ep = jax.lax.axis_size(sharding.EXPERT_AXIS)
+  ep = jax.lax.axis_size(partitioning.EXPERT_AXIS)
   num_experts = e_local * ep
   slot = routing.capacity_positions(ids, num_experts)
   real = ids >= 0
@@ -117,14 +116,14 @@ def _dispatch_compute_return(x, ids, ws, act, capacity, hidden):
   buf = jnp.zeros((num_experts * capacity, d), x.dtype).at[dest].add(rows, mode="drop")
 
   # Shape: [ep (destination), E/ep · C, d] -> [ep (source), E/ep · C, d].
-  buf = jax.lax.all_to_all(buf.reshape(ep, e_local * capacity, d), sharding.EXPERT_AXIS,
+  buf = jax.lax.all_to_all(buf.reshape(ep, e_local * capacity, d), partitioning.EXPERT_AXIS,
                            0, 0, tiled=True)
   buf = buf.reshape(ep, e_local, capacity, d).swapaxes(0, 1).reshape(e_local, ep * capacity, d)
   out = moe_dispatch.swiglu_experts(buf, *ws, act, moe_dispatch.expert_matmul)  # [E/ep, ep·C, d]
   if hidden is not None:
     out = jax.lax.psum(out, hidden)
   out = out.reshape(e_local, ep, capacity, d).swapaxes(0, 1).reshape(ep, e_local * capacity, d)
-  out = jax.lax.all_to_all(out, sharding.EXPERT_AXIS, 0, 0, tiled=True)
+  out = jax.lax.all_to_all(out, partitioning.EXPERT_AXIS, 0, 0, tiled=True)
   out = out.reshape(num_experts * capacity, d)
 
   picked = out.at[dest].get(mode="fill", fill_value=0).reshape(n, k, d)

@@ -15,6 +15,9 @@ from micar_jax.models import layers
 
 Array = jax.Array
 
+# Bottleneck stage sizes by depth (torchvision v1.5).
+RESNET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
 
 def _conv_init():
   """torchvision's ResNet conv init: kaiming-normal, fan_out, relu gain."""

@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from micar_jax import sharding
-from micar_jax.models import attention, fusion, layers, moe
+from micar_jax.models import attention, fusion, layers, moe, partitioning
 from micar_jax.models.model_config import ModelConfig
 
 Array = jax.Array
@@ -44,7 +43,7 @@ class TextEmbedding(nn.Module):
                        (c.vocab_size, c.d_model))
     # Gather the (small) table whole before the lookup, rather than reshuffling activations
     # around an fsdp-sharded table.
-    table = sharding.constrain(table, (None, None))
+    table = partitioning.constrain(table, (None, None))
     x = jnp.take(table, ids, axis=0).astype(dtype) * math.sqrt(c.d_model)
     pe = jnp.asarray(sinusoidal_table(c.max_len, c.d_model))
     start = 0 if position is None else position

@@ -25,8 +25,9 @@ import fastapi
 from fastapi import responses, staticfiles
 from starlette import datastructures, exceptions
 
-from micar_jax import errors, explain_figure
+from micar_jax import errors
 from micar_jax.data import images as images_lib
+from micar_jax.inference import explain_figure
 from micar_jax.serve import engine as engine_lib
 from micar_jax.serve import pages
 from micar_jax.serve import results as results_lib

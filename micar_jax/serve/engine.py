@@ -23,9 +23,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from micar_jax import errors, evaluate, explain, explain_figure, sharding
-from micar_jax import run as run_lib
+from micar_jax import errors, evaluate
+from micar_jax.core import run as run_lib
 from micar_jax.data import images as images_lib
+from micar_jax.inference import explain, explain_figure
+from micar_jax.models import partitioning
 from micar_jax.serve import batcher as batcher_lib
 
 CACHE_SIZE = 512
@@ -88,7 +90,7 @@ class Engine:
 
   def _decode_batch(self, images: np.ndarray, n: int) -> list[Decoded]:
     valid = np.arange(len(images)) < n  # padding rows never delay the batch's stop
-    with sharding.use_mesh(self.run.mesh, self.run.rules):
+    with partitioning.use_mesh(self.run.mesh, self.run.rules):
       ids, cross, experts = explain.decode_batch(self.run, self.variables, images, valid)
       report_ids = ids if self._generate_fn is None else evaluate.to_host(self._generate_fn(
           self.variables, *evaluate.device_images(self.run.put,

@@ -27,9 +27,9 @@ import os
 import sys
 import time
 
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
-import numpy as np
 
 from micar_jax.data.tokenizer import EOS, PAD, SOS
 from micar_jax.tools import parity_train
@@ -86,9 +86,13 @@ def compare(reference_src: str, config, image_size: int, batch: int, vocab_size:
   """Runs both models and prints the figures; True when they agree."""
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from micar_jax import convert, decode  # pylint: disable=g-import-not-at-top
+
+  from micar_jax import (  # pylint: disable=g-import-not-at-top
+    convert,
+    decode,
+    errors,  # pylint: disable=g-import-not-at-top
+  )
   from micar_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
-  from micar_jax import errors  # pylint: disable=g-import-not-at-top
   seq_len = config.data.text_seq_len
   steps = decode_len or seq_len
   if not 0 < steps <= seq_len:

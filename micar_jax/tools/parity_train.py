@@ -174,10 +174,11 @@ def compare_training(reference_src: str, config, image_size: int, batch: int, vo
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_enable_x64", dtype == "float64")
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from micar_jax import optim  # pylint: disable=g-import-not-at-top
-  from micar_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+
   from micar_jax.convert import official  # pylint: disable=g-import-not-at-top
   from micar_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
+  from micar_jax.training import optim  # pylint: disable=g-import-not-at-top
+  from micar_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
   with config.unlocked():
     config.model.dtype = dtype
     config.model.capacity_factor = -1.0  # the reference drops no token

@@ -22,8 +22,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from micar_jax import bench, defaults, sharding, timing
+from micar_jax.config import defaults
+from micar_jax.core import sharding
 from micar_jax.models import model as model_lib
+from micar_jax.models import partitioning
+from micar_jax.performance import bench, timing
 
 FLAGS = flags.FLAGS
 
@@ -58,10 +61,10 @@ def train_and_probe(config: ml_collections.ConfigDict, steps: int
   config.model.vocab_size = vocab
   mc = model_lib.ModelConfig.from_config(config, vocab)
   mesh = sharding.make_mesh(config, jax.devices()[:1])
-  rules = sharding.logical_rules()
+  rules = partitioning.logical_rules()
   probe = timing.random_batch(mc, config.data.image_size, config.eval.batch_size, seed=1)
   run = timing.compile_train(config, mc, mesh, rules, config.train.batch_size)
-  with sharding.use_mesh(mesh, rules):
+  with partitioning.use_mesh(mesh, rules):
     before = eval_logits(mc, run.state, probe)
     losses = [float(timing.time_steps(run, 1)[1]["loss"]) for _ in range(steps)]
     after = eval_logits(mc, run.state, probe)

@@ -17,8 +17,8 @@ from micar_jax.data.tokenizer import EOS, PAD, SOS
 def import_torch():
   """torch, torchvision (checked together with the reference's other packages)."""
   try:
-    import einops  # pylint: disable=g-import-not-at-top,unused-import
-    import rotary_embedding_torch  # pylint: disable=g-import-not-at-top,unused-import
+    import einops  # noqa: F401  (the reference needs it)
+    import rotary_embedding_torch  # noqa: F401  (the reference needs it)
     import torch  # pylint: disable=g-import-not-at-top
     import torchvision  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -39,6 +39,7 @@ def build_reference(reference_src: str, config, vocab_size: int, seed: int):
   sys.path.insert(0, os.path.abspath(reference_src))
   try:
     from architecture import blocks, models  # pylint: disable=g-import-not-at-top
+
     from configs import cfg as ref_cfg  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise errors.UserError(f"{reference_src} is not a checkout of the reference code "

@@ -1,6 +1,6 @@
 """Throughput of the training input pipeline (read, decode, resize, tokenize, batch).
 
-  python -m micar_jax.data.bench --config=configs/synthetic.py \
+  python -m micar_jax.performance.input_bench --config=configs/synthetic.py \
       [--config.data_dir=...] [--workers=0,2] [--batches=30]
 
 Prints, per worker count, the time to the first batch and examples/s over the

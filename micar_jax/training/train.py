@@ -23,7 +23,7 @@ A run that stopped at train.max_steps continues when rerun with a higher limit
 Start-up: each phase (compiling the train step, initialising the model,
 building the input pipeline, restoring) prints one status line with its time.
 The train step is compiled from shapes before any state exists, and its
-compiled memory is checked against the free memory (memory_estimate.py).
+compiled memory is checked against the free memory (memory_check.py).
 images/s counts train steps only (not compilation, validation or the steps of
 another logging interval).
 """
@@ -38,11 +38,15 @@ import ml_collections
 import optax
 from absl import logging
 
-from micar_jax import (checkpointing, defaults, errors, evaluate, memory_estimate, optim,
-                       run_logging, sharding, status, steps, stopping)
-from micar_jax import run as run_lib
+from micar_jax import errors, evaluate
+from micar_jax.config import defaults
+from micar_jax.core import checkpointing, sharding, status
+from micar_jax.core import run as run_lib
+from micar_jax.core import state as state_lib
 from micar_jax.data import input_pipeline, sources
 from micar_jax.metrics import scores as scores_lib
+from micar_jax.models import partitioning
+from micar_jax.training import memory_check, optim, run_logging, steps, stopping
 
 
 @dataclasses.dataclass
@@ -154,9 +158,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "batch shards (mesh data x fsdp x expert); use a multiple of it")
   tx_steps = input_pipeline.steps_per_epoch(config, len(sources.open_split(config, "train")))
   tx = optim.make_optimizer(config, tx_steps)
-  init_fn = steps.make_init_fn(run.model_config, tx, config.data.image_size)
+  init_fn = state_lib.make_init_fn(run.model_config, tx, config.data.image_size)
   train_step = _compile_train_step(run, tx)
-  with status.phase("initialising the model", run.is_lead), sharding.use_mesh(run.mesh,
+  with status.phase("initialising the model", run.is_lead), partitioning.use_mesh(run.mesh,
                                                                              run.rules):
     state, _ = sharding.init_sharded(init_fn, run.mesh, run.rules,
                                      jax.random.PRNGKey(config.seed))
@@ -193,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                   desc=f"epoch {loop.epoch + 1}/{config.train.epochs}")
           # images/s covers train steps only: the clock restarts after each log and epoch.
           start, timed_steps = time.perf_counter(), 0
-          with sharding.use_mesh(run.mesh, run.rules):
+          with partitioning.use_mesh(run.mesh, run.rules):
             while step < epoch_end and not (max_steps and step >= max_steps):
               batch = run.put(next(data_iter), pad=False)
               state, metrics = train_step(state, batch)
@@ -238,16 +242,16 @@ def _compile_train_step(run: run_lib.Run, tx: optax.GradientTransformation):
   Raises:
     errors.UserError: the step will not fit in free memory (train.memory_check="refuse").
   """
-  memory_estimate.check_mode(run.config)
+  memory_check.check_mode(run.config)
   with status.phase("compiling the train step", run.is_lead) as info:
     compiled = steps.lower_train_step(run.model_config, tx, run.config, run.mesh, run.rules,
                                       run.tokenizer.text_seq_len).compile()
-    per_device = memory_estimate.compiled_bytes(compiled)
+    per_device = memory_check.compiled_bytes(compiled)
     if per_device is not None:
-      est = memory_estimate.estimate(per_device, run.mesh.local_devices)
-      info.note = memory_estimate.describe(est)
+      est = memory_check.estimate(per_device, run.mesh.local_devices)
+      info.note = memory_check.describe(est)
   if per_device is not None:
-    warning = memory_estimate.check(est, run.config)
+    warning = memory_check.check(est, run.config)
     if warning and run.is_lead:
       print(warning, flush=True)
   return compiled
@@ -290,7 +294,7 @@ def _end_of_epoch(run: run_lib.Run, state, loop: LoopState, eval_step, generate_
   config = run.config
   variables = state.variables()
   batches, _ = input_pipeline.make_eval_batches(config, run.tokenizer, "val")
-  with sharding.use_mesh(run.mesh, run.rules):
+  with partitioning.use_mesh(run.mesh, run.rules):
     val_loss = evaluate.validation_loss(eval_step, variables, stop.between(batches), run.put,
                                         config.eval.val_loss_mean)
   if not math.isfinite(val_loss):

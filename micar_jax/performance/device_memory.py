@@ -1,6 +1,6 @@
 """Device memory figures for the benchmark: runtime peaks and limits, the batch that fits.
 
-XLA's estimate of one compiled program is `memory_estimate.compiled_bytes`.
+XLA's estimate of one compiled program is `memory_check.compiled_bytes`.
 
 The runtime's statistics (`device.memory_stats()`) exist on GPU and TPU; the
 CPU runtime keeps none, and every function here then says so (None, or a

@@ -14,8 +14,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from micar_jax import memory_estimate, optim, sharding, steps
+from micar_jax.core import sharding
+from micar_jax.core import state as state_lib
 from micar_jax.models import model as model_lib
+from micar_jax.models import partitioning
+from micar_jax.training import memory_check, optim, steps
 
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
@@ -25,7 +28,7 @@ class TrainRun:
   """A compiled train step with its state and batch, ready to be timed."""
 
   step: Any
-  state: steps.TrainState
+  state: state_lib.TrainState
   batch: dict[str, jax.Array]
   compile_s: float
   cache_hit: bool
@@ -76,7 +79,7 @@ def estimate_memory(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig
   tx = optim.make_optimizer(config, 1000)
   compiled, _, _ = compile_timed(
       lambda: steps.lower_train_step(mc, tx, config, mesh, rules, mc.max_len, batch_size))
-  return memory_estimate.compiled_bytes(compiled)
+  return memory_check.compiled_bytes(compiled)
 
 
 def compile_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
@@ -84,12 +87,12 @@ def compile_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, 
   """Initialises a sharded state, a random batch of batch_size, and compiles the step
   training jits (steps.jit_train_step)."""
   tx = optim.make_optimizer(config, 1000)
-  init_fn = steps.make_init_fn(mc, tx, config.data.image_size)
+  init_fn = state_lib.make_init_fn(mc, tx, config.data.image_size)
   state, state_shardings = sharding.init_sharded(init_fn, mesh, rules,
                                                  jax.random.PRNGKey(config.seed))
   batch = sharding.global_batch(random_batch(mc, config.data.image_size, batch_size), mesh)
   jitted = steps.jit_train_step(mc, tx, config, state_shardings, mesh)
-  with sharding.use_mesh(mesh, rules):
+  with partitioning.use_mesh(mesh, rules):
     step, compile_s, hit = compile_timed(lambda: jitted.lower(state, batch))
   return TrainRun(step, state, batch, compile_s, hit)
 
@@ -118,5 +121,5 @@ def time_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mes
       "images_per_s": batch_size / step_s, "step_ms": 1e3 * step_s,
       "compile_s": run.compile_s, "compile_cache_hit": run.cache_hit, "loss": loss,
       "dropped_fraction": float(np.mean(metrics["dropped_fraction"])),
-      "compiled_memory_bytes": memory_estimate.compiled_bytes(run.step),
+      "compiled_memory_bytes": memory_check.compiled_bytes(run.step),
   }, run

@@ -13,8 +13,6 @@ from micar_jax.data import registry
 # the benchmark and the planner need shapes before any data exists.
 DEFAULT_VOCAB = 2046
 
-# ResNet stage sizes by depth (bottleneck blocks, torchvision v1.5).
-RESNET_STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 # Where the dataset configs look for torchvision's ResNet-101 IMAGENET1K_V2 weights,
 # converted with `python -m micar_jax.convert torchvision-resnet` (the reference's start).
 IMAGENET_RESNET101 = "weights/resnet101_imagenet1k_v2"
@@ -149,7 +147,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Stop after this many steps (smoke runs); 0 = no limit.
   c.train.max_steps = 0
   # Before training, compare the compiled train step's memory with the free memory:
-  # "refuse" (stop with one line if it will not fit), "warn", "off" (memory_estimate.py).
+  # "refuse" (stop with one line if it will not fit), "warn", "off" (memory_check.py).
   c.train.memory_check = "refuse"
   # Log training metrics every this many steps.
   c.train.log_every = 10

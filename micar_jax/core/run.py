@@ -14,12 +14,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from micar_jax import checkpointing, errors, evaluate, sharding, steps
 from micar_jax import decode as decode_lib
+from micar_jax import errors, evaluate
+from micar_jax.core import checkpointing, sharding
+from micar_jax.core import state as state_lib
 from micar_jax.data import input_pipeline
 from micar_jax.data import tokenizer as tokenizer_lib
 from micar_jax.metrics import scores as scores_lib
 from micar_jax.models import model as model_lib
+from micar_jax.models import partitioning
 
 
 class Run:
@@ -44,7 +47,7 @@ class Run:
     checkpointing.check_run_config(workdir, checkpointing.run_config_of(self.model_config))
     devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
     self.mesh = sharding.make_mesh(config, devices)
-    self.rules = sharding.logical_rules()
+    self.rules = partitioning.logical_rules()
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.checkpoints = checkpointing.Checkpoints(workdir)
 
@@ -60,7 +63,7 @@ class Run:
 
   def abstract_variables(self) -> dict[str, Any]:
     """Sharded ShapeDtypeStructs of {params, batch_stats} (a restore target)."""
-    init = steps.make_variables_init_fn(self.model_config, self.config.data.image_size)
+    init = state_lib.make_variables_init_fn(self.model_config, self.config.data.image_size)
     return sharding.abstract_sharded(init, self.mesh, self.rules, jax.random.PRNGKey(0))
 
   def generate_fn(self) -> Callable[..., jax.Array]:
@@ -89,7 +92,7 @@ class Run:
     between two batches once a signal came).
     """
     batches, rows = input_pipeline.make_eval_batches(self.config, self.tokenizer, split)
-    with sharding.use_mesh(self.mesh, self.rules):
+    with partitioning.use_mesh(self.mesh, self.rules):
       examples = evaluate.generate_split(generate_fn, variables, between(batches), rows,
                                          self.tokenizer, self.put, self.config.eval.keep_after_eos)
     return examples, evaluate.score(examples, self.config, suites)

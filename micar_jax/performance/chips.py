@@ -11,7 +11,7 @@ Sources (vendor specification pages, read 2026-11):
   TPU v6e  cloud.google.com/tpu/docs/v6e  (918 TFLOP/s; 32 GiB at 1638 GB/s; ICI 800 GB/s
            bidirectional per chip).
   GPUs     NVIDIA's H100, H200 and A100 datasheets (dense bf16 TFLOP/s, no sparsity);
-           only the peak is used (micar_jax.bench's MFU), so only the peak is listed.
+           only the peak is used (micar_jax.performance.bench's MFU), so only the peak is listed.
 
 A figure the sources do not give is None, and whatever needs it reports "unknown"
 rather than a guess. A CPU has no entry: simulated CPU devices share the host's

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from micar_jax import flops, steps
+from micar_jax.core import state as state_lib
 from micar_jax.data import tokenizer as tokenizer_lib
+from micar_jax.models import flops
 from micar_jax.models import model as model_lib
 
 
@@ -32,7 +33,7 @@ def saved_vocab_size(config: ml_collections.ConfigDict, workdir: str) -> int | N
 
 def abstract_variables(mc: model_lib.ModelConfig, image_size: int = 224) -> dict:
   """Shapes and dtypes of the model's variables, without allocating them."""
-  init = steps.make_variables_init_fn(mc, image_size)
+  init = state_lib.make_variables_init_fn(mc, image_size)
   return nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
 
 

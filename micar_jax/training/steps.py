@@ -9,62 +9,18 @@ cross-entropy weight.
 
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from micar_jax import memory_estimate, sharding
+from micar_jax.core import sharding
+from micar_jax.core.state import TrainState, make_init_fn
 from micar_jax.models import model as model_lib
+from micar_jax.models import partitioning
+from micar_jax.training import memory_check
 
 Array = jax.Array
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a step changes: step counter, parameters, BN statistics, optimizer state."""
-
-  step: Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-
-  def variables(self) -> dict[str, Any]:
-    return {"params": self.params, "batch_stats": self.batch_stats}
-
-
-def dummy_inputs(mc: model_lib.ModelConfig, image_size: int, batch: int = 1) -> tuple[Array, Array]:
-  """Zero images ([b, H, W, 3] or [b, V, H, W, 3]) and ids [b, T] for shape inference."""
-  shape = (batch, image_size, image_size, 3)
-  if mc.num_views > 1:
-    shape = (batch, mc.num_views) + shape[1:]
-  return jnp.zeros(shape, jnp.float32), jnp.zeros((batch, mc.max_len), jnp.int32)
-
-
-def make_variables_init_fn(mc: model_lib.ModelConfig, image_size: int) -> Callable[[Array], Any]:
-  """init(rng) -> {params, batch_stats} with logically-partitioned (boxed) leaves.
-
-  Only these two collections are kept: what layers sow for inspection (the
-  MoE's expert choices) is not model state.
-  """
-  model = model_lib.MicarVLMoE(mc)
-  return lambda rng: model.init(rng, *dummy_inputs(mc, image_size),
-                                mutable=["params", "batch_stats"])
-
-
-def make_init_fn(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
-                 image_size: int) -> Callable[[Array], TrainState]:
-  """init(rng) -> TrainState with logically-partitioned (boxed) leaves."""
-  init_variables = make_variables_init_fn(mc, image_size)
-
-  def init(rng: Array) -> TrainState:
-    variables = init_variables(rng)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables["batch_stats"], opt_state=tx.init(params))
-
-  return init
 
 
 def cross_entropy(logits: Array, labels: Array, weights: Array) -> tuple[Array, Array]:
@@ -181,7 +137,7 @@ def jit_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
 
 def lower_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
                      config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                     rules: sharding.LogicalRules, text_seq_len: int,
+                     rules: partitioning.LogicalRules, text_seq_len: int,
                      batch_size: int | None = None) -> jax.stages.Lowered:
   """`jit_train_step` lowered on shapes alone (no state, no batch exists yet).
 
@@ -194,10 +150,10 @@ def lower_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation
   """
   init_fn = make_init_fn(mc, tx, config.data.image_size)
   state = sharding.abstract_sharded(init_fn, mesh, rules, jax.random.PRNGKey(config.seed))
-  batch = memory_estimate.abstract_batch(config, text_seq_len, sharding.batch_sharding(mesh),
+  batch = memory_check.abstract_batch(config, text_seq_len, sharding.batch_sharding(mesh),
                                          batch_size)
   jitted = jit_train_step(mc, tx, config, jax.tree.map(lambda s: s.sharding, state), mesh)
-  with sharding.use_mesh(mesh, rules):
+  with partitioning.use_mesh(mesh, rules):
     return jitted.lower(state, batch)
 
 

@@ -21,8 +21,10 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from micar_jax import device_memory, sharding, timing
+from micar_jax.core import sharding
 from micar_jax.models import model as model_lib
+from micar_jax.models import partitioning
+from micar_jax.performance import device_memory, timing
 
 MOE_VARIANTS = ("sort", "sort_pallas", "einsum", "expert_parallel")
 PALLAS_FLAG = "jax_ragged_dot_use_gpu_pallas_triton_lowering"
@@ -63,7 +65,7 @@ def time_variant(config: ml_collections.ConfigDict, steps: tuple[int, int]) -> d
   mc = model_lib.ModelConfig.from_config(config, config.model.vocab_size)
   devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
   mesh = sharding.make_mesh(config, devices)
-  figures, _ = timing.time_train(config, mc, mesh, sharding.logical_rules(),
+  figures, _ = timing.time_train(config, mc, mesh, partitioning.logical_rules(),
                                  config.train.batch_size, *steps)
   return figures
 

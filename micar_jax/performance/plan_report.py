@@ -1,7 +1,8 @@
-"""The readable tables of micar_jax.plan (its JSON carries the same figures)."""
+"""The readable tables of micar_jax.performance.plan (its JSON carries the same figures)."""
 
 from collections.abc import Sequence
 from typing import Any
+
 
 def _gib(n: float | None) -> str:
   """Bytes in GiB, MiB or KiB, whichever keeps the number >= 1."""
@@ -72,7 +73,7 @@ def estimate_lines(train: dict[str, Any]) -> list[str]:
     return []
   mfu = "n/a" if e["mfu"] is None else f"{100 * e['mfu']:.1f}%"
   return [
-      f"  model       {_count(train['model_flops'], 'FLOP')} per step (micar_jax.flops)",
+      f"  model       {_count(train['model_flops'], 'FLOP')} per step (micar_jax.models.flops)",
       f"  ESTIMATE    compute {_ms(e['compute_s'])}, HBM {_ms(e['memory_s'])}, "
       f"network {_ms(e['network_s'])} -> step >= {_ms(e['step_s'])}"
       + (f" ({e['bound']}-bound)" if e["bound"] else ""),

@@ -7,7 +7,7 @@ its peak rate for the whole step:
            device (XLA skips some backward work the 3 x forward count
            assumes) / peak bf16 FLOP/s, so MFU stays <= 1
   memory   XLA's bytes accessed per device / HBM bandwidth
-  network  estimated bytes each device sends (micar_jax.collectives) /
+  network  estimated bytes each device sends (micar_jax.performance.collectives) /
            one-way inter-chip bandwidth of the chip (all its links)
 
 so the estimate is max(compute, memory, network): a lower bound on the real
@@ -17,7 +17,7 @@ figure here is an estimate and is labelled so in the output.
 
 from typing import Any
 
-from micar_jax import chips, collectives
+from micar_jax.performance import chips, collectives
 
 NOTE = ("estimates: roofline lower bounds, max(FLOPs / peak, XLA bytes accessed / HBM "
         "bandwidth, collective bytes sent / ICI bandwidth), from the chip table "
@@ -41,7 +41,7 @@ def estimate(chip: chips.Chip, num_devices: int, xla_flops: float, xla_bytes: fl
     xla_bytes: XLA's bytes accessed per device per step.
     found: the step's collectives (per device).
     batch_size: images per step (global).
-    model_flops: the model's FLOPs per step (global, micar_jax.flops).
+    model_flops: the model's FLOPs per step (global, micar_jax.models.flops).
 
   Returns:
     {compute_s, memory_s, network_s, step_s, bound, images_per_s, mfu}, with

@@ -31,12 +31,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from micar_jax import decode, errors, evaluate, explain_figure, sharding
+from micar_jax import decode, errors, evaluate
 from micar_jax.data import images as images_lib
 from micar_jax.data import input_pipeline
 from micar_jax.data import tokenizer as tokenizer_lib
+from micar_jax.inference import explain_figure
 from micar_jax.models import model as model_lib
-from micar_jax.models import routing
+from micar_jax.models import partitioning, routing
 
 # Where a decoder layer's sown values live: attention's in "intermediates", the
 # experts in routing.COLLECTION.
@@ -230,7 +231,7 @@ def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   """
   if config.data.num_views != 1:
     raise errors.UserError("--mode=explain supports single-view configs (data.num_views=1) only")
-  from micar_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from micar_jax.core import run as run_lib  # pylint: disable=g-import-not-at-top
   run = run_lib.Run(config, workdir)
   mc = run.model_config
   layer, head, max_words = _settings(config, mc.num_layers, mc.num_heads)
@@ -243,7 +244,7 @@ def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   os.makedirs(out_dir, exist_ok=True)
   paths = images[0] if len(images) == 1 else list(images)
   written, used = [], set()
-  with sharding.use_mesh(run.mesh, run.rules):
+  with partitioning.use_mesh(run.mesh, run.rules):
     for batch in input_pipeline.predict_batches(config, paths):
       ids, cross, experts = decode_batch(run, variables, batch["images"], batch["valid"])
       for row, path in enumerate(batch["paths"]):

@@ -17,9 +17,10 @@ from typing import Sequence
 import ml_collections
 from absl import logging
 
-from micar_jax import errors, evaluate, sharding
-from micar_jax import run as run_lib
+from micar_jax import errors, evaluate
+from micar_jax.core import run as run_lib
 from micar_jax.data import input_pipeline
+from micar_jax.models import partitioning
 
 # Skipped images named on the console; the file lists them all.
 SHOWN_SKIPS = 5
@@ -49,7 +50,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   variables = run.best_variables()
   generate_fn = run.generate_fn()
   records, skipped = {}, []
-  with sharding.use_mesh(run.mesh, run.rules):
+  with partitioning.use_mesh(run.mesh, run.rules):
     for batch in input_pipeline.predict_batches(run.config, paths, skipped):
       ids = evaluate.to_host(generate_fn(variables, *evaluate.device_images(run.put, batch)))
       for row, path in enumerate(batch["paths"]):

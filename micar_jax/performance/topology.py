@@ -21,7 +21,9 @@ import re
 
 import jax
 
-from micar_jax import chips, errors
+# Accelerator types whose number counts TensorCores (2 per chip), not chips.
+from micar_jax import errors
+from micar_jax.performance import chips
 
 # Accelerator types whose number counts TensorCores (2 per chip), not chips.
 _CORE_COUNTED = ("v4", "v5p")
