@@ -33,6 +33,11 @@ class Dataset:
   num_views: int = 1
   generated_sizes: tuple[int, int, int] | None = None
 
+  @property
+  def generated(self) -> bool:
+    """Made by a generator on first use (no files to download or prepare)."""
+    return self.generated_sizes is not None
+
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("covctr", "micar_jax.data.prepare.covctr"),
