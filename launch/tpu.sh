@@ -163,7 +163,7 @@ plan_fit() {
     reason="$(grep '^error: ' "${err}" | tail -n 1)"
     rm -f "${err}"
     reason="${reason#error: }"
-    die "plan: ${reason:-micar_jax.performance.plan failed (exit ${rc})}; --skip-plan skips the check"
+    die "plan: ${reason:-micar_jax.plan failed (exit ${rc})}; --skip-plan skips the check"
   fi
   rm -f "${err}"
   # The last line is the plan's JSON; the rest is its table.

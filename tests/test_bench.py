@@ -9,7 +9,7 @@ import pytest
 from micar_jax.config import defaults
 from micar_jax.performance import bench
 
-CLI = [sys.executable, "-m", "micar_jax.performance.bench", "--config=configs/synthetic.py:tiny",
+CLI = [sys.executable, "-m", "micar_jax.bench", "--config=configs/synthetic.py:tiny",
        "--config.mesh.num_devices=1", "--config.data.text_seq_len=8"]
 
 
@@ -73,7 +73,7 @@ for name in {BLOCKED!r}:
 sys.argv = ["bench"] + sys.argv[1:]
 code = 0
 try:
-  runpy.run_module("micar_jax.performance.bench", run_name="__main__")
+  runpy.run_module("micar_jax.bench", run_name="__main__")
 except SystemExit as e:  # absl's app.run always exits
   code = e.code
 loaded = {{name.split(".")[0] for name, module in sys.modules.items() if module is not None}}

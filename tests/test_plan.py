@@ -98,13 +98,13 @@ def test_shortfall_names_what_is_missing():
   over = {"topology": topo, "train": {"fits": False, "error": None, "need_bytes": 20 * 2**30}}
   assert plan.shortfall(over) == (
       "the train step needs 20.00 GiB per chip on v5e-8 (v5e, 16.0 GiB per chip), 4.00 GiB "
-      "short; try micar_jax.performance.plan --search, remat or a larger topology")
+      "short; try micar_jax.plan --search, remat or a larger topology")
   fits = {"topology": topo, "train": {"fits": True, "error": None, "need_bytes": 2**30}}
   assert plan.shortfall(fits) is None
 
 
 def run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "micar_jax.performance.plan", *TINY, *args],
+  return subprocess.run([sys.executable, "-m", "micar_jax.plan", *TINY, *args],
                         capture_output=True, text=True, timeout=1800)
 
 

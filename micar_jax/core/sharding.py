@@ -67,7 +67,7 @@ def make_mesh(config: ml_collections.ConfigDict,
     # (8 is none of a 16x16 v6e-256); say so in one line rather than a traceback.
     raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))} does not map onto the "
                      f"devices' physical torus: each mesh axis must be a product of "
-                     f"physical axis sizes (micar_jax.performance.plan --search lists meshes that do)"
+                     f"physical axis sizes (micar_jax.plan --search lists meshes that do)"
                      ) from None
 
 

@@ -314,7 +314,7 @@ def shortfall(result: dict[str, Any]) -> str | None:
     return f"the train step does not fit on {where}: {train['error']}"
   short = (train["need_bytes"] - chip["hbm_bytes"]) / 2**30
   return (f"the train step needs {train['need_bytes'] / 2**30:.2f} GiB per chip on {where}, "
-          f"{short:.2f} GiB short; try micar_jax.performance.plan --search, remat or a larger topology")
+          f"{short:.2f} GiB short; try micar_jax.plan --search, remat or a larger topology")
 
 
 def _base_args(argv: Sequence[str]) -> list[str]:
