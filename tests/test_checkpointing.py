@@ -58,3 +58,79 @@ def test_disk_full_during_save_is_one_error_and_the_previous_checkpoint_resumes(
       checkpointing.abstract_like(small), it)
   np.testing.assert_array_equal(state["w"], small["w"])
   assert meta == {"epoch": 0} and next(it) == 3
+
+
+def _two_steps(workdir):
+  """Latest checkpoints of steps 10 and 20 (distinct values), closed."""
+  ckpts = checkpointing.Checkpoints(workdir)
+  for step in (10, 20):
+    w = jax.random.normal(jax.random.PRNGKey(step), (4096,))
+    ckpts.save_latest(step, {"w": w}, _iterator(step // 10), {"epoch": step})
+  ckpts.close()
+  return {"w": jnp.zeros((4096,), jnp.float32)}
+
+
+def _largest_state_file(workdir, step):
+  root = os.path.join(workdir, "checkpoints", "latest", str(step), "state")
+  files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def _bit_rot(path):
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(os.urandom(min(4096, os.path.getsize(path) // 2)))
+
+
+def _truncate(path):
+  os.truncate(path, os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("damage", [_bit_rot, _truncate])
+def test_a_damaged_step_is_reported_and_the_older_intact_one_resumes(tmp_path, damage, capfd):
+  workdir = str(tmp_path / "run")
+  abstract = checkpointing.abstract_like(_two_steps(workdir))
+  assert os.path.exists(os.path.join(workdir, "checkpoints", "latest", "20",
+                                     checkpointing.CHECKSUMS))
+  damage(_largest_state_file(workdir, 20))
+  ckpts = checkpointing.Checkpoints(workdir)
+  it = _iterator(0)
+  state, meta = ckpts.restore_latest(abstract, it)
+  np.testing.assert_array_equal(state["w"], jax.random.normal(jax.random.PRNGKey(10), (4096,)))
+  assert meta == {"epoch": 10} and next(it) == 1 and ckpts.restored_step == 10
+  assert len(ckpts.unusable) == 1 and ckpts.unusable[0].startswith("latest/20: ")
+  assert "Traceback" not in "".join(capfd.readouterr())
+
+
+def test_no_intact_step_is_one_line(tmp_path):
+  workdir = str(tmp_path / "run")
+  abstract = checkpointing.abstract_like(_two_steps(workdir))
+  for step in (10, 20):
+    _bit_rot(_largest_state_file(workdir, step))
+  with pytest.raises(checkpointing.CorruptCheckpointError) as caught:
+    checkpointing.Checkpoints(workdir).restore_latest(abstract, _iterator(0))
+  message = str(caught.value)
+  assert isinstance(caught.value, errors.UserError) and "\n" not in message
+  assert "latest/20:" in message and "latest/10:" in message
+
+
+def test_a_step_saved_before_checksums_restores_unverified(tmp_path):
+  workdir = str(tmp_path / "run")
+  abstract = checkpointing.abstract_like(_two_steps(workdir))
+  os.remove(os.path.join(workdir, "checkpoints", "latest", "20", checkpointing.CHECKSUMS))
+  ckpts = checkpointing.Checkpoints(workdir)
+  state, meta = ckpts.restore_latest(abstract, _iterator(0))
+  assert meta == {"epoch": 20} and ckpts.restored_step == 20 and not ckpts.unusable
+
+
+def test_a_damaged_best_checkpoint_is_one_line(tmp_path):
+  workdir = str(tmp_path / "run")
+  ckpts = checkpointing.Checkpoints(workdir)
+  variables = {"params": {"w": jnp.ones((4096,))}}
+  ckpts.save_best(5, variables, {"score": 0.5})
+  ckpts.close()
+  best = os.path.join(workdir, "checkpoints", "best", "5", "state")
+  path = max((os.path.join(d, f) for d, _, fs in os.walk(best) for f in fs), key=os.path.getsize)
+  _bit_rot(path)
+  with pytest.raises(checkpointing.CorruptCheckpointError, match="no intact best checkpoint"):
+    checkpointing.Checkpoints(workdir).restore_best(checkpointing.abstract_like(variables))

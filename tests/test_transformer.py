@@ -2,11 +2,14 @@
 
 import dataclasses
 import math
+import os
+import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from micar_jax.config import defaults
 from micar_jax.models import model as model_lib
@@ -19,6 +22,35 @@ def test_sinusoidal_table_is_interleaved():
   div = math.exp(2 * i * -math.log(10000.0) / 8)
   np.testing.assert_allclose(pe[pos, 2 * i], math.sin(pos * div), rtol=1e-6)
   np.testing.assert_allclose(pe[pos, 2 * i + 1], math.cos(pos * div), rtol=1e-6)
+
+
+def test_the_d512_table_is_the_reference_formula_within_float32_rounding():
+  pe = transformer.sinusoidal_table(256, 512)
+  pos = np.arange(256, dtype=np.float64)[:, None]
+  div = np.exp(np.arange(0, 512, 2) * -math.log(10000.0) / 512)
+  want = np.zeros((256, 512))
+  want[:, 0::2], want[:, 1::2] = np.sin(pos * div), np.cos(pos * div)
+  assert pe.dtype == np.float32 and pe.shape == (256, 512)
+  # Rounding of the float32 argument (pos * div) dominates: at most ~|pos| ulp of it.
+  np.testing.assert_allclose(pe, want, atol=3e-5)
+  np.testing.assert_array_equal(transformer.sinusoidal_table(60, 512), pe[:60])
+
+
+def test_the_d512_table_is_the_references_bits():
+  """Against torch computing the reference's PositionalEmbedding (or the class itself)."""
+  torch = pytest.importorskip("torch", reason="the reference's bits come from torch")
+  src = os.environ.get("MICAR_REFERENCE_SRC")
+  if src and os.path.isdir(os.path.join(src, "architecture")):
+    sys.path.insert(0, src)
+    from architecture import blocks  # pylint: disable=g-import-not-at-top
+    want = blocks.PositionalEmbedding(512, 100, 0.0).pe[0].numpy()
+  else:
+    pos = torch.arange(0, 100, dtype=torch.float).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, 512, 2) * (-math.log(10000.0) / 512))
+    want = torch.zeros(100, 512)
+    want[:, 0::2], want[:, 1::2] = torch.sin(pos * div_term), torch.cos(pos * div_term)
+    want = want.numpy()
+  np.testing.assert_array_equal(transformer.sinusoidal_table(100, 512), want)
 
 
 def test_text_embedding_scales_and_adds_pe_at_the_decode_position():

@@ -10,11 +10,19 @@ Saves are atomic (Orbax writes to a temporary folder and renames), so a run
 killed mid-save restarts from the previous complete checkpoint. No pickle.
 A save that runs out of disk space removes its temporary folder and raises
 `DiskFullError` (one line); the previous checkpoint stays the latest.
+
+Integrity: after each save, process 0 writes `<step>/checksums.json`, the
+SHA-256 of every file of the step. A restore verifies them first; a step that
+fails verification (bit rot, a bad copy, a truncated file) or cannot be read
+is reported in one line and the next older step is tried, so a run resumes
+from its newest intact state. A step saved before checksums existed restores
+unverified (and says so).
 """
 
 import contextlib
 import dataclasses
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -24,10 +32,18 @@ from typing import Any, Iterator
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 from micar_jax import errors
 
 RUN_CONFIG = "run_config.json"
+# Per step: {relative file path: sha256 hex digest} of every other file of the step.
+CHECKSUMS = "checksums.json"
+_READ_CHUNK = 1 << 22
+
+
+class CorruptCheckpointError(errors.UserError):
+  """No checkpoint of a kind is intact (each failed verification or could not be read)."""
 
 
 class DiskFullError(errors.UserError):
@@ -74,13 +90,104 @@ def _manager(directory: str, items: tuple[str, ...], keep: int) -> ocp.Checkpoin
   return ocp.CheckpointManager(os.path.abspath(directory), item_names=items, options=options)
 
 
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(_READ_CHUNK), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _step_files(step_dir: str) -> list[str]:
+  """Every file of a step folder except the checksum file, relative, sorted."""
+  found = []
+  for root, _, files in os.walk(step_dir):
+    found += [os.path.relpath(os.path.join(root, name), step_dir) for name in files]
+  return sorted(f for f in found if f != CHECKSUMS)
+
+
+def write_checksums(step_dir: str) -> None:
+  """Records the SHA-256 of every file of a finished step (process 0; atomic rename)."""
+  if jax.process_index() != 0:
+    return
+  sums = {rel: _sha256(os.path.join(step_dir, rel)) for rel in _step_files(step_dir)}
+  tmp = os.path.join(step_dir, CHECKSUMS + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(sums, f, indent=0, sort_keys=True)
+  os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
+
+
+def verify(step_dir: str) -> str | None:
+  """None when every recorded file is present and unchanged, else what is wrong (a phrase).
+
+  A step without a checksum file (saved before checksums existed) passes: there
+  is nothing to check it against.
+  """
+  path = os.path.join(step_dir, CHECKSUMS)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      sums = json.load(f)
+  except (OSError, ValueError) as e:
+    return f"its {CHECKSUMS} is unreadable ({e})"
+  for rel, expected in sorted(sums.items()):
+    file = os.path.join(step_dir, rel)
+    if not os.path.isfile(file):
+      return f"{rel} is missing"
+    if _sha256(file) != expected:
+      return f"{rel} does not match its checksum"
+  return None
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
 class Checkpoints:
-  """The latest and best checkpoint managers of one workdir."""
+  """The latest and best checkpoint managers of one workdir.
+
+  Attributes:
+    latest, best: the Orbax managers.
+    unusable: "<kind>/<step>: why" of each step a restore skipped (newest first).
+    restored_step: the latest step the last `restore_latest` used (None before).
+  """
 
   def __init__(self, workdir: str):
     root = os.path.join(workdir, "checkpoints")
     self.latest = _manager(os.path.join(root, "latest"), ("state", "data_iter", "meta"), 2)
     self.best = _manager(os.path.join(root, "best"), ("state", "meta"), 1)
+    self.unusable: list[str] = []
+    self.restored_step: int | None = None
+
+  def _restore_newest_intact(self, manager: ocp.CheckpointManager, kind: str,
+                             restore: Any) -> Any | None:
+    """restore(step) on the newest step that verifies and reads; None when there is no step.
+
+    Raises:
+      CorruptCheckpointError: steps exist but none is intact.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    for step in steps:
+      step_dir = os.path.join(os.fspath(manager.directory), str(step))
+      problem = verify(step_dir)
+      if problem is None:
+        try:
+          return step, restore(step)
+        except Exception as e:  # pylint: disable=broad-except
+          if errors.is_disk_full(e):
+            raise
+          problem = f"it cannot be read ({_first_line(e)})"
+      self.unusable.append(f"{kind}/{step}: {problem}")
+      absl_logging.warning("checkpoint %s/%d is unusable: %s; trying an older one", kind, step,
+                           problem)
+    if steps:
+      raise CorruptCheckpointError(
+          f"no intact {kind} checkpoint in {manager.directory}: "
+          + "; ".join(u for u in self.unusable if u.startswith(kind + "/"))
+          + "; restore the folder from a copy, or use a new --workdir")
+    return None
 
   def save_latest(self, step: int, state: Any, data_iter: Any, meta: dict[str, Any]) -> None:
     """Saves the full train state, the grain iterator and the loop's own state."""
@@ -90,16 +197,25 @@ class Checkpoints:
     with _saving(self.latest, step, "latest"):
       self.latest.save(step, args=ocp.args.Composite(**args), force=True)
       self.latest.wait_until_finished()
+      write_checksums(os.path.join(os.fspath(self.latest.directory), str(step)))
 
   def restore_latest(self, abstract_state: Any, data_iter: Any) -> tuple[Any, dict[str, Any]] | None:
-    """Restores (state, meta) into `abstract_state`'s shapes/shardings; the iterator in place."""
-    step = self.latest.latest_step()
-    if step is None:
+    """Restores (state, meta) of the newest intact step into `abstract_state`'s
+    shapes/shardings, the iterator in place; None when there is no latest checkpoint.
+
+    Raises:
+      CorruptCheckpointError: latest checkpoints exist but none is intact.
+    """
+    def restore(step: int) -> Any:
+      return self.latest.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data_iter=grain.checkpoint.CheckpointRestore(data_iter),
+          meta=ocp.args.JsonRestore()))
+
+    found = self._restore_newest_intact(self.latest, "latest", restore)
+    if found is None:
       return None
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data_iter=grain.checkpoint.CheckpointRestore(data_iter),
-        meta=ocp.args.JsonRestore()))
+    self.restored_step, restored = found
     return restored["state"], restored["meta"]
 
   def save_best(self, step: int, variables: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -109,14 +225,22 @@ class Checkpoints:
       self.best.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)), force=True)
       self.best.wait_until_finished()
+      write_checksums(os.path.join(os.fspath(self.best.directory), str(step)))
 
   def restore_best(self, abstract_variables: dict[str, Any]) -> tuple[dict[str, Any], dict] | None:
-    """(variables, meta) of the best checkpoint, or None when there is none yet."""
-    step = self.best.latest_step()
-    if step is None:
+    """(variables, meta) of the best checkpoint, or None when there is none yet.
+
+    Raises:
+      CorruptCheckpointError: the best checkpoint failed verification or cannot be read.
+    """
+    def restore(step: int) -> Any:
+      return self.best.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_variables), meta=ocp.args.JsonRestore()))
+
+    found = self._restore_newest_intact(self.best, "best", restore)
+    if found is None:
       return None
-    restored = self.best.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_variables), meta=ocp.args.JsonRestore()))
+    restored = found[1]
     return restored["state"], restored["meta"]
 
   def close(self) -> None:

@@ -1,6 +1,8 @@
 """Text embedding, encoder blocks and decoder blocks (docs/reference_model.md §3.4-3.10)."""
 
+import functools
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -13,8 +15,26 @@ from micar_jax.models.model_config import ModelConfig
 Array = jax.Array
 
 
+# The reference's own table for d_model 512 (every published config), as torch computes it
+# (written by micar_jax/tools/position_table.py): numpy's float32 sin, cos and exp round
+# differently from torch's in about a quarter of the entries.
+_REFERENCE_TABLE = os.path.join(os.path.dirname(__file__), "reference_sinusoid_512.npy")
+
+
+@functools.cache
+def _reference_table() -> np.ndarray:
+  return np.load(_REFERENCE_TABLE)
+
+
 def sinusoidal_table(length: int, d_model: int) -> np.ndarray:
-  """[length, d_model] fixed PE with sin/cos interleaved (even = sin, odd = cos)."""
+  """[length, d_model] fixed PE with sin/cos interleaved (even = sin, odd = cos).
+
+  Bit for bit the reference's where its torch-computed table covers the shape
+  (d_model 512, up to 256 positions); computed with numpy elsewhere.
+  """
+  reference = _reference_table()
+  if d_model == reference.shape[1] and length <= reference.shape[0]:
+    return reference[:length].copy()
   pos = np.arange(length, dtype=np.float32)[:, None]
   div = np.exp(np.arange(0, d_model, 2, dtype=np.float32) * (-math.log(10000.0) / d_model))
   pe = np.zeros((length, d_model), np.float32)
