@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from micar_jax import errors
 from micar_jax.data.tokenizer import EOS, PAD, SOS
 from micar_jax.models import model as model_lib
 
@@ -237,9 +238,10 @@ def uncached_fns(mc: model_lib.ModelConfig, params: Any, memory: Array) -> tuple
 def _compiled(mc: model_lib.ModelConfig, method: str, beam_width: int, alpha: float) -> Callable:
   """One jitted generate function per (model, method, width, alpha), reused across calls."""
   if method not in METHODS:
-    raise ValueError(f"unknown eval.decode {method!r}; expected one of {', '.join(METHODS)}")
+    raise errors.ConfigError(
+        f"unknown eval.decode {method!r}; expected one of {', '.join(METHODS)}")
   if method == "beam" and beam_width < 1:
-    raise ValueError(f"eval.beam_width must be >= 1, got {beam_width}")
+    raise errors.ConfigError(f"eval.beam_width must be >= 1, got {beam_width}")
 
   def generate_ids(params, batch_stats, images, valid=None):
     memory = encode(mc, params, batch_stats, images)

@@ -1,4 +1,16 @@
-"""Errors the user can fix (printed as one line, no traceback), and the full-disk case."""
+"""Errors the user can fix (printed as one line, no traceback), and the full-disk case.
+
+`UserError` is the one base class of the project's own user errors; the
+command line (micar_jax.cli) prints them as `error: <message>` with exit code 2
+and lets every other exception keep its traceback. Its subclasses:
+  ConfigError                 a config value that cannot work (here);
+  images.ImageError           a missing, unreadable or corrupt image;
+  jsonl.MissingDataError      a prepared dataset that does not exist (also
+                              `sources.MissingDataError`);
+  stopping.Diverged           a training run whose loss or state went non-finite;
+  checkpointing.DiskFullError a checkpoint save that ran out of disk space;
+and a few narrower ones next to their users (convert, prepare).
+"""
 
 import errno
 import threading
@@ -7,7 +19,16 @@ from absl import logging
 
 
 class UserError(Exception):
-  """Bad input, config or environment; main prints `error: <message>` and exits 2."""
+  """Bad input, config or environment; a program prints `error: <message>` and exits 2."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config value of the wrong type, out of range, or that cannot work.
+
+  Raised where the value is used as well as by micar_jax.config.validation, so
+  a module needs no import of the validation table to report one. A ValueError
+  too: library callers that try a value and catch ValueError keep working.
+  """
 
 
 def is_disk_full(error: BaseException | None) -> bool:

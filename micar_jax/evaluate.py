@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from micar_jax import errors
 from micar_jax.data import tokenizer as tokenizer_lib
 from micar_jax.metrics import scores as scores_lib
 from micar_jax.metrics import sentence
@@ -36,7 +37,7 @@ def validation_loss(eval_step: Callable, variables: Any, batches: Iterable[dict]
       label token (all padding) count in neither.
   """
   if mean not in VAL_LOSS_MEANS:
-    raise ValueError(f"eval.val_loss_mean={mean!r}; expected one of {VAL_LOSS_MEANS}")
+    raise errors.ConfigError(f"eval.val_loss_mean={mean!r}; expected one of {VAL_LOSS_MEANS}")
   ce_sum, tokens, aux, batch_losses = 0.0, 0.0, 0.0, []
   for batch in batches:
     out = jax.device_get(eval_step(variables, put(batch)))
@@ -95,14 +96,7 @@ def score(examples: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
   """Scores generated reports against label-derived references (or "report": raw)."""
   return scores_lib.compute_scores(
       [e["generated"] for e in examples], [e[against] for e in examples], suites=tuple(suites),
-      wordnet_dir=_wordnet_dir(config), coco_tokenize=config.eval.coco_tokenize,
-      ratescore_dir=config.eval.ratescore_dir or None,
-      meteor_timeout_s=config.eval.meteor_timeout_s,
-      rouge_aggregate=config.eval.rouge_aggregate)
-
-
-def _wordnet_dir(config: ml_collections.ConfigDict) -> str | None:
-  return os.path.expanduser(config.eval.wordnet_dir) or None
+      **scores_lib.options_from(config.eval))
 
 
 def write_examples_jsonl(path: str, examples: Sequence[dict[str, Any]],
@@ -116,7 +110,7 @@ def write_examples_jsonl(path: str, examples: Sequence[dict[str, Any]],
   """
   per_example = sentence.sentence_scores(
       [e["generated"] for e in examples], [e["reference"] for e in examples], tuple(suites),
-      wordnet_dir=_wordnet_dir(config), coco_tokenize=config.eval.coco_tokenize)
+      **scores_lib.options_from(config.eval))
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     for e, scores in zip(examples, per_example):

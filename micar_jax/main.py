@@ -20,18 +20,17 @@ time works in DIR (train/test/predict/explain hold DIR/.lock.<process index>).
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
+
+from micar_jax import cli
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
   """Declared only when run as a program, so importing this module defines no flags."""
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).",
-                                  lock_config=True)
+  cli.define_config_flag()
   flags.DEFINE_string("workdir", None,
                       "Run folder (checkpoints, metrics, reports); default runs/<config.dataset>.")
   flags.DEFINE_enum("mode", "train", ["train", "test", "predict", "explain", "summary", "serve"],
@@ -39,7 +38,6 @@ def define_flags() -> None:
   flags.DEFINE_list("images", None, "Image files or one directory (predict, explain).")
   flags.DEFINE_string("host", "127.0.0.1", "Address --mode=serve listens on.")
   flags.DEFINE_integer("port", 8080, "Port --mode=serve listens on (0 picks a free one).")
-  flags.mark_flags_as_required(["config"])
 
 
 def _prepare_workdir(workdir: str) -> str:
@@ -83,7 +81,8 @@ def run(config, workdir: str | None, mode: str, images: list[str] | None,
     return
   workdir = _prepare_workdir(workdir or os.path.join("runs", config.dataset))
   print(f"run folder: {os.path.abspath(workdir)}", flush=True)
-  if config.dataset == "synthetic" and not config.data_dir:
+  from micar_jax.data import registry  # pylint: disable=g-import-not-at-top
+  if registry.DATASETS[config.dataset].generated and not config.data_dir:
     from micar_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     config.data_dir = synthetic.data_dir_in(workdir)
     print(f"synthetic data: {config.data_dir}", flush=True)
@@ -127,28 +126,6 @@ def _dispatch(config, workdir: str, mode: str, images: list[str] | None, host: s
     server.serve(config, workdir, host, port)
 
 
-def _one_line(e: BaseException) -> str:
-  text = str(e).replace("\\n", " ").replace("\n", " ").replace("\\'", "").replace("'", "")
-  return " ".join(text.strip("\" ").split())
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, with config errors (missing file, unknown keys, bad values) as one line."""
-  for i, arg in enumerate(argv):
-    path = arg[len("--config="):] if arg.startswith("--config=") else (
-        argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
-    if path is not None and not os.path.isfile(path.split(":", 1)[0]):
-      print(f"error: config file {path.split(':', 1)[0]} does not exist", file=sys.stderr)
-      sys.exit(2)
-  try:
-    return flags.FLAGS(argv)
-  except AttributeError as e:
-    print(f"error: unknown config key: {_one_line(e)}", file=sys.stderr)
-  except (flags.Error, KeyError, ValueError, TypeError) as e:
-    print(f"error: {_one_line(e)}", file=sys.stderr)
-  sys.exit(2)
-
-
 class _QuietLibraries:
   """Drops INFO chatter of checkpointing libraries from the absl log (warnings stay)."""
 
@@ -157,36 +134,16 @@ class _QuietLibraries:
 
 
 def main(argv) -> None:
+  cli.expect_no_arguments(argv)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from micar_jax.core import status  # pylint: disable=g-import-not-at-top
-  status.quiet_backend_probing()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from micar_jax import errors  # pylint: disable=g-import-not-at-top
-  from micar_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
-  from micar_jax.data import sources
+  from micar_jax.core import status  # pylint: disable=g-import-not-at-top
   from micar_jax.training import stopping  # pylint: disable=g-import-not-at-top
+  status.quiet_backend_probing()
   stopping.raise_on_signals()
   errors.quiet_full_disk_in_threads()
-  try:
-    run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.host, FLAGS.port)
-  except (errors.UserError, sources.MissingDataError, images_lib.ImageError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except OSError as e:
-    if not errors.is_disk_full(e):
-      raise
-    print(f"error: No space left on device writing {e.filename or 'a run file'}; free some space "
-          "and rerun the same command to resume from the latest checkpoint", file=sys.stderr)
-    sys.exit(2)
-  except stopping.Interrupted as e:
-    print(e, file=sys.stderr)
-    sys.exit(e.exit_code)
-  except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+  run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.host, FLAGS.port)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, define_flags)

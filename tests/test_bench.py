@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from micar_jax import errors
 from micar_jax.config import defaults
 from micar_jax.performance import bench
 
@@ -59,7 +60,7 @@ def test_tiny_config_reports_train_decode_and_pipeline(tmp_path):
     (bench.Options(profile_steps=0), "--profile_steps must be >= 1"),
 ])
 def test_impossible_options_are_rejected_before_compiling(opts, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(errors.UserError, match=message):
     bench.run(defaults.base_config(), opts)
 
 

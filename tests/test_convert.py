@@ -7,9 +7,7 @@ the numpy state dict; our modules get the converted variables.
 """
 
 import dataclasses
-import importlib.util
 import math
-import os
 
 import flax.linen as nn
 import flax.traverse_util
@@ -25,19 +23,10 @@ from micar_jax.models import model as model_lib
 VOCAB = 30
 
 
-def tiny_covctr():
-  """configs/covctr.py:tiny (a file, not a package)."""
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", "covctr.py")
-  spec = importlib.util.spec_from_file_location("covctr_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("tiny")
-
-
 @pytest.fixture(scope="module")
-def setup():
+def setup(load_config):
   """Tiny covctr config, its ModelConfig and a random reference state dict."""
-  config = tiny_covctr()
+  config = load_config("configs/covctr.py:tiny")
   mc = model_lib.ModelConfig.from_config(config, VOCAB)
   rng = np.random.default_rng(0)
   flat = {k: rng.standard_normal(s).astype(np.float32)
@@ -252,9 +241,9 @@ def test_mismatches_are_reported_together(setup):
   assert "2 missing" in message and "1 unexpected" in message and "2 wrong" in message
 
 
-def test_config_mismatch_is_named(setup):
+def test_config_mismatch_is_named(setup, load_config):
   _, _, sd = setup
-  config = tiny_covctr()
+  config = load_config("configs/covctr.py:tiny")
   config.data.text_seq_len = 60
   config.model.num_layers = 2
   with pytest.raises(names.MismatchError) as info:

@@ -22,23 +22,15 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 VOCAB = 12
 
 
-def tiny_covctr():
-  """configs/covctr.py:tiny (a file, not a package)."""
-  spec = importlib.util.spec_from_file_location(
-      "covctr_config", os.path.join(ROOT, "configs", "covctr.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("tiny")
-
-
 def random_flat(shapes, seed=0):
   rng = np.random.default_rng(seed)
   return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
 
 
 @pytest.fixture(scope="module")
-def model_shapes():
-  return official.variable_shapes(model_lib.ModelConfig.from_config(tiny_covctr(), VOCAB))
+def model_shapes(load_config):
+  config = load_config("configs/covctr.py:tiny")
+  return official.variable_shapes(model_lib.ModelConfig.from_config(config, VOCAB))
 
 
 def zeros_like_model(shapes):
@@ -74,13 +66,13 @@ def test_torchvision_resnet_round_trip(tmp_path, model_shapes, monkeypatch):
   assert not np.any(variables["params"]["proj"]["kernel"])
 
 
-def test_vision_init_reports_config_mismatch(tmp_path):
+def test_vision_init_reports_config_mismatch(tmp_path, load_config):
   sd, _ = torchvision_state_dict()
   path = str(tmp_path / "resnet.safetensors")
   safetensors_numpy.save_file(sd, path)
   out = str(tmp_path / "resnet")
   cli.convert_torchvision(path, out)
-  config = tiny_covctr()
+  config = load_config("configs/covctr.py:tiny")
   config.model.resnet_width = 16
   config.model.resnet_stages = (1, 2, 1, 1)
   shapes = official.variable_shapes(model_lib.ModelConfig.from_config(config, VOCAB))
@@ -107,8 +99,8 @@ def test_torchvision_errors():
   assert info.value.wrong == ["layer2.0.bn1.weight (3,) expected (16,)"]
 
 
-def test_official_round_trip_through_files(tmp_path, model_shapes, monkeypatch):
-  config = tiny_covctr()
+def test_official_round_trip_through_files(tmp_path, model_shapes, monkeypatch, load_config):
+  config = load_config("configs/covctr.py:tiny")
   mc = model_lib.ModelConfig.from_config(config, VOCAB)
   flat = random_flat(model_shapes)
   sd = official.variables_to_official_state_dict(flax.traverse_util.unflatten_dict(flat), mc)

@@ -3,20 +3,18 @@
 import dataclasses
 import itertools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from micar_jax import decode, evaluate
-from micar_jax.config import defaults
+from micar_jax import decode, errors, evaluate
 from micar_jax.core import sharding
 from micar_jax.data.tokenizer import EOS, PAD, SOS
 from micar_jax.models import model as model_lib
 from micar_jax.models import partitioning
 
-T = 8  # decoding steps (text_seq_len) of the tiny model
+T = 8  # decoding steps; also the text_seq_len of conftest's sharp_tiny_model
 
 
 def scripted(tokens: np.ndarray, vocab: int = 8):
@@ -72,23 +70,6 @@ def test_length_penalty_can_favour_the_longer_report(alpha, want):
   np.testing.assert_array_equal(beam, expected([want]))
 
 
-@pytest.fixture(scope="module")
-def tiny():
-  """The tiny model (initialised exactly like test_model's, to share its compiled init)."""
-  c = defaults.tiny(defaults.base_config())
-  c.data.text_seq_len = T
-  mc = model_lib.ModelConfig.from_config(c, 20)
-  model = model_lib.MicarVLMoE(mc)
-  rng = np.random.RandomState(0)
-  images = jnp.asarray(rng.randn(2, 32, 32, 3).astype(np.float32))
-  ids = jnp.asarray(rng.randint(4, 20, size=(2, T)).astype(np.int32))
-  variables = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), images, ids))
-  # A sharper random model: its reports depend on the image and stop at different steps.
-  params = jax.tree.map(lambda x: 3.0 * x, variables["params"])
-  images = jnp.asarray(rng.randn(6, 32, 32, 3).astype(np.float32))
-  return c, mc, params, variables["batch_stats"], images
-
-
 def eval_config(c, **overrides):
   e = c.eval.copy_and_resolve_references()
   e.update(overrides)
@@ -103,8 +84,8 @@ def score(mc, params, batch_stats, images, ids):
   return decode.sequence_log_probs(logits, ids)
 
 
-def test_cached_greedy_equals_uncached(tiny):
-  c, mc, params, batch_stats, images = tiny
+def test_cached_greedy_equals_uncached(sharp_tiny_model):
+  c, mc, params, batch_stats, images = sharp_tiny_model
   cached = decode.generate(c, params, batch_stats, images)
   uncached = decode.make_generate_fn(mc, eval_config(c, decode="greedy_uncached"))(
       params, batch_stats, images)
@@ -113,8 +94,8 @@ def test_cached_greedy_equals_uncached(tiny):
   np.testing.assert_array_equal(cached, uncached)
 
 
-def test_beam_search_on_the_model(tiny):
-  c, mc, params, batch_stats, images = tiny
+def test_beam_search_on_the_model(sharp_tiny_model):
+  c, mc, params, batch_stats, images = sharp_tiny_model
   greedy = np.asarray(decode.make_generate_fn(mc, c.eval)(params, batch_stats, images))
   width = lambda k: eval_config(c, decode="beam", beam_width=k)
   one = np.asarray(decode.make_generate_fn(mc, width(1))(params, batch_stats, images))
@@ -130,8 +111,8 @@ def test_beam_search_on_the_model(tiny):
   assert np.all(both[6:] >= both[:6] - 1e-5), both
 
 
-def test_exhaustive_beam_search_equals_brute_force(tiny):
-  _, mc, params, batch_stats, images = tiny
+def test_exhaustive_beam_search_equals_brute_force(sharp_tiny_model):
+  _, mc, params, batch_stats, images = sharp_tiny_model
   horizon, vocab = 3, mc.vocab_size
   short = dataclasses.replace(mc, max_len=horizon)
   model = model_lib.MicarVLMoE(short)
@@ -158,9 +139,9 @@ def test_exhaustive_beam_search_equals_brute_force(tiny):
     np.testing.assert_allclose(beam_scores[row], total.max(), atol=1e-4)
 
 
-def test_unknown_method_is_a_clear_error(tiny):
-  c, mc, *_ = tiny
-  with pytest.raises(ValueError, match="unknown eval.decode 'sample'"):
+def test_unknown_method_is_a_clear_error(sharp_tiny_model):
+  c, mc, *_ = sharp_tiny_model
+  with pytest.raises(errors.ConfigError, match="unknown eval.decode 'sample'"):
     decode.make_generate_fn(mc, eval_config(c, decode="sample"))
 
 
@@ -174,8 +155,8 @@ def test_padding_rows_do_not_delay_the_greedy_stop():
 
 @pytest.mark.parametrize("method", ["greedy", "greedy_uncached", "beam"])
 @pytest.mark.parametrize("num_devices", [1, 8])
-def test_a_padded_last_batch_gives_the_unpadded_reports(tiny, method, num_devices):
-  c, mc, params, batch_stats, images = tiny
+def test_a_padded_last_batch_gives_the_unpadded_reports(sharp_tiny_model, method, num_devices):
+  c, mc, params, batch_stats, images = sharp_tiny_model
   generate_fn = decode.make_generate_fn(mc, eval_config(c, decode=method, beam_width=2))
   # Three real rows that all stop at the same early step (image 0 and two near-copies).
   noise = np.random.RandomState(1).randn(3, 32, 32, 3).astype(np.float32)

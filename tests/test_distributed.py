@@ -12,13 +12,14 @@ import jax
 import numpy as np
 import pytest
 
+from micar_jax import errors
 from micar_jax.config import defaults
 from micar_jax.core import sharding
 from micar_jax.core import state as state_lib
+from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 from micar_jax.models import partitioning
 from micar_jax.training import optim, run_logging, steps, train
-from tests import test_train
 
 VOCAB = 29
 BATCH, SEQ = 8, 12
@@ -52,7 +53,7 @@ def one_train_step(impl, devices=None, **sizes):
   config = step_config(impl, **sizes)
   mc = model_lib.ModelConfig.from_config(config, VOCAB)
   tx = optim.make_optimizer(config, 10)
-  init = state_lib.make_init_fn(mc, tx, config.data.image_size)
+  init = state_lib.make_init_fn(mc, tx, batch_spec.BatchSpec.from_config(config))
   mesh = sharding.make_mesh(config, devices)
   rules = partitioning.logical_rules()
   state, shardings = sharding.init_sharded(init, mesh, rules, jax.random.PRNGKey(0))
@@ -103,28 +104,32 @@ def test_eval_batches_are_padded_to_the_batch_shards():
   assert out["images"].shape == (8, 2)
   np.testing.assert_array_equal(out["valid"], [True] * 3 + [False] * 5)
   np.testing.assert_array_equal(out["images"][3:], 0.0)
-  with pytest.raises(ValueError, match="does not split over 8 batch shards"):
+  with pytest.raises(errors.ConfigError, match="does not split over the mesh's 8 batch shards"):
     sharding.global_batch(batch, mesh)
 
 
-def run_config(tmp_path, impl="sort", num_devices=1, **sizes):
-  c = test_train.tiny_config(tmp_path)
-  c.data.synthetic_sizes = (160, 8, 8)
-  c.data.text_seq_len = SEQ
-  c.model.moe_impl = impl
-  c.train.batch_size = 8
-  # Does not divide the 8 batch shards: evaluation pads its batches.
-  c.eval.batch_size = 4
-  # The tiny config's rate, not the synthetic one's 1e-3: AdamW turns float-noise gradient
-  # differences into ±lr steps, which a large rate amplifies over 20 steps.
-  c.train.lr = c.train.v_lr = 1e-4
-  c.train.epochs = 1
-  c.train.max_steps = 20
-  c.train.checkpoint_every = 4
-  c.mesh.num_devices = num_devices
-  for axis in partitioning.MESH_AXES:
-    c.mesh[axis] = sizes.get(axis, 1)
-  return c
+@pytest.fixture
+def run_config(tmp_path, tiny_config):
+  """run_config(impl="sort", num_devices=1, **mesh_sizes) -> a 20-step tiny config."""
+  def make(impl="sort", num_devices=1, **sizes):
+    c = tiny_config(tmp_path)
+    c.data.synthetic_sizes = (160, 8, 8)
+    c.data.text_seq_len = SEQ
+    c.model.moe_impl = impl
+    c.train.batch_size = 8
+    # Does not divide the 8 batch shards: evaluation pads its batches.
+    c.eval.batch_size = 4
+    # The tiny config's rate, not the synthetic one's 1e-3: AdamW turns float-noise gradient
+    # differences into ±lr steps, which a large rate amplifies over 20 steps.
+    c.train.lr = c.train.v_lr = 1e-4
+    c.train.epochs = 1
+    c.train.max_steps = 20
+    c.train.checkpoint_every = 4
+    c.mesh.num_devices = num_devices
+    for axis in partitioning.MESH_AXES:
+      c.mesh[axis] = sizes.get(axis, 1)
+    return c
+  return make
 
 
 def train_losses(workdir):
@@ -133,10 +138,10 @@ def train_losses(workdir):
 
 
 @pytest.mark.slow
-def test_training_run_logs_the_same_losses_on_a_mesh(tmp_path):
-  train.train_and_evaluate(run_config(tmp_path), str(tmp_path / "one"))
+def test_training_run_logs_the_same_losses_on_a_mesh(tmp_path, run_config):
+  train.train_and_evaluate(run_config(), str(tmp_path / "one"))
   train.train_and_evaluate(
-      run_config(tmp_path, "expert_parallel", 8, data=2, expert=4), str(tmp_path / "mesh"))
+      run_config("expert_parallel", 8, data=2, expert=4), str(tmp_path / "mesh"))
   want, got = train_losses(tmp_path / "one"), train_losses(tmp_path / "mesh")
   assert [s for s, _ in want] == [s for s, _ in got] == list(range(1, 21))
   np.testing.assert_allclose([l for _, l in got], [l for _, l in want], rtol=1e-4)
@@ -147,7 +152,7 @@ class _Kill(Exception):
 
 
 @pytest.mark.slow
-def test_checkpoint_of_one_mesh_resumes_on_another(tmp_path, monkeypatch):
+def test_checkpoint_of_one_mesh_resumes_on_another(tmp_path, monkeypatch, run_config):
   workdir = str(tmp_path / "run")
   real_log = run_logging.RunLog.train
 
@@ -158,9 +163,9 @@ def test_checkpoint_of_one_mesh_resumes_on_another(tmp_path, monkeypatch):
 
   monkeypatch.setattr(run_logging.RunLog, "train", killing)
   with pytest.raises(_Kill):
-    train.train_and_evaluate(run_config(tmp_path, "sort", 8, data=8), workdir)
+    train.train_and_evaluate(run_config("sort", 8, data=8), workdir)
   monkeypatch.setattr(run_logging.RunLog, "train", real_log)
-  config = run_config(tmp_path, "expert_parallel", 8, fsdp=2, expert=4)
+  config = run_config("expert_parallel", 8, fsdp=2, expert=4)
   config.train.max_steps = 8
   out = train.train_and_evaluate(config, workdir)
   assert out["num_examples"] == 8

@@ -5,9 +5,10 @@ import jax
 import numpy as np
 import pytest
 
-from micar_jax import evaluate
+from micar_jax import errors, evaluate
 from micar_jax.config import defaults
 from micar_jax.core import state as state_lib
+from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 from micar_jax.training import steps
 
@@ -19,7 +20,8 @@ def eval_setup():
   c = defaults.tiny(defaults.base_config())
   c.data.text_seq_len = SEQ
   mc = model_lib.ModelConfig.from_config(c, VOCAB)
-  variables = nn.meta.unbox(jax.jit(state_lib.make_variables_init_fn(mc, 32))(jax.random.PRNGKey(0)))
+  init = state_lib.make_variables_init_fn(mc, batch_spec.BatchSpec.from_config(c))
+  variables = nn.meta.unbox(jax.jit(init)(jax.random.PRNGKey(0)))
   return jax.jit(steps.make_eval_step(mc, c)), variables
 
 
@@ -59,5 +61,5 @@ def test_validation_loss_is_the_reference_mean_of_batch_means(eval_setup):
 
 
 def test_unknown_mean_is_a_one_line_error(eval_setup):
-  with pytest.raises(ValueError, match="eval.val_loss_mean='median'"):
+  with pytest.raises(errors.ConfigError, match="eval.val_loss_mean='median'"):
     evaluate.validation_loss(*eval_setup, [], lambda b: b, "median")

@@ -4,8 +4,6 @@ import json
 import os
 import shutil
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,31 +11,23 @@ from PIL import Image
 
 from micar_jax import errors, main
 from micar_jax.core import run as run_lib
-from micar_jax.core import state as state_lib
 from micar_jax.data.tokenizer import EOS, PAD, SOS, WordTokenizer
 from micar_jax.inference import explain, predict
 from micar_jax.inference import explain_figure as fig
 from micar_jax.models import model as model_lib
 from micar_jax.models import routing
-from tests import test_train
-from tests.test_decode import T, tiny  # noqa: F401 (a fixture: the sharp tiny decoding model)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tiny_run, tiny_config):
   """A workdir whose best checkpoint is a freshly initialised tiny model (no training)."""
-  tmp = tmp_path_factory.mktemp("explain")
-  config = test_train.tiny_config(tmp)
+  tmp = tiny_run("explain")
+  config = tiny_config(tmp)
   config.eval.explain_max_words = 5
   workdir = str(tmp / "run")
-  run = run_lib.Run(config, workdir)  # builds the synthetic data and the tokenizer
-  mc = run.model_config
-  model = model_lib.MicarVLMoE(mc)
-  variables = nn.meta.unbox(jax.jit(model.init)(
-      jax.random.PRNGKey(0), *state_lib.dummy_inputs(mc, config.data.image_size)))
-  run.checkpoints.save_best(1, {"params": variables["params"],
-                                "batch_stats": variables["batch_stats"]}, {"score": 0.0})
+  run = run_lib.Run(config, workdir)
   run.checkpoints.close()
+  mc = run.model_config
   images = tmp / "mine"
   images.mkdir()
   for i, name in enumerate(("a.png", "b.png")):
@@ -131,23 +121,25 @@ def test_summarise_stops_at_first_eos_and_selects_layer_and_head():
   np.testing.assert_allclose(mean.attention, cross[:2, :, 2].mean(axis=1).reshape(2, grid, grid))
 
 
-def two_view_greedy(tiny):
+def two_view_greedy(sharp_tiny_model):
   """Greedy decoding of 3 two-view examples -> (views, ids, cross, experts, steps that ran)."""
-  _, mc, params, batch_stats, images = tiny
+  c, mc, params, batch_stats, images = sharp_tiny_model
+  max_steps = c.data.text_seq_len
   views = jnp.stack([images[:3], images[3:]], axis=1)  # [b, 2 views, H, W, 3]
   ids, cross, experts = explain.greedy_with_attention(mc, params, batch_stats, views)
   together = np.all(np.asarray(ids[:, 1:]) == EOS, axis=0)  # all rows stop at such a step
-  steps = int(np.argmax(together)) + 1 if together.any() else T
-  return views, ids, cross, experts, np.arange(T) < steps
+  steps = int(np.argmax(together)) + 1 if together.any() else max_steps
+  return views, ids, cross, experts, np.arange(max_steps) < steps
 
 
-def test_greedy_with_attention_records_each_step(tiny):
-  _, mc, *_ = tiny
-  _, ids, cross, experts, ran = two_view_greedy(tiny)
+def test_greedy_with_attention_records_each_step(sharp_tiny_model):
+  c, mc, *_ = sharp_tiny_model
+  max_steps = c.data.text_seq_len
+  _, ids, cross, experts, ran = two_view_greedy(sharp_tiny_model)
   n_img = 2 * mc.pool_size ** 2
-  assert ids.shape == (3, T + 1)
-  assert cross.shape == (3, T, mc.num_layers, mc.num_heads, n_img)
-  assert experts.shape == (3, T, mc.num_layers, mc.top_k)
+  assert ids.shape == (3, max_steps + 1)
+  assert cross.shape == (3, max_steps, mc.num_layers, mc.num_heads, n_img)
+  assert experts.shape == (3, max_steps, mc.num_layers, mc.top_k)
   # Steps after the stop record nothing.
   np.testing.assert_allclose(np.asarray(cross).sum(-1)[:, ran], 1.0, atol=1e-5)
   assert np.all(np.asarray(cross)[:, ~ran] == 0)
@@ -156,11 +148,11 @@ def test_greedy_with_attention_records_each_step(tiny):
   assert np.all(chosen[..., 0] != chosen[..., 1])
 
 
-def test_reported_experts_are_the_ones_each_moe_layer_sowed(tiny):
+def test_reported_experts_are_the_ones_each_moe_layer_sowed(sharp_tiny_model):
   # Re-reading the generated report teacher-forced, every decoder layer's MoE must sow,
   # for the token at position t, the experts explain reports for step t.
-  _, mc, params, batch_stats, _ = tiny
-  views, ids, _, experts, ran = two_view_greedy(tiny)
+  _, mc, params, batch_stats, _ = sharp_tiny_model
+  views, ids, _, experts, ran = two_view_greedy(sharp_tiny_model)
   model = model_lib.MicarVLMoE(mc)
   _, sown = model.apply({"params": params, "batch_stats": batch_stats}, views, ids[:, :-1],
                         None, False, mutable=[routing.COLLECTION])

@@ -9,6 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from micar_jax import errors
 from micar_jax.config import defaults
 from micar_jax.data import input_pipeline as ip
 from micar_jax.data import jsonl, sources, synthetic
@@ -107,7 +108,7 @@ def test_processes_split_the_global_batch(data_dir, monkeypatch):
   assert parts[0].shape == (2,)
   np.testing.assert_array_equal(np.concatenate(parts), whole)
   c.train.batch_size = 3
-  with pytest.raises(ValueError, match="divisible"):
+  with pytest.raises(errors.ConfigError, match="divisible"):
     ip.make_train_iterator(c, tok)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import special
 
+from micar_jax import errors
 from micar_jax.models import layers
 
 
@@ -45,7 +46,7 @@ def test_activations_match_definitions(name, fn):
 
 
 def test_unknown_activation_is_a_clear_error():
-  with pytest.raises(ValueError, match="unknown activation 'relu6'"):
+  with pytest.raises(errors.ConfigError, match="unknown activation 'relu6'"):
     layers.activation("relu6")
 
 

@@ -5,24 +5,9 @@ import jax.numpy as jnp
 import pytest
 
 from micar_jax import errors
-from micar_jax.core import run as run_lib
-from micar_jax.data import input_pipeline
 from micar_jax.training import memory_check
-from tests import test_train
 
 GIB = memory_check.GIB
-
-
-def test_abstract_batch_matches_a_real_training_batch(tmp_path):
-  config = test_train.tiny_config(tmp_path)
-  run = run_lib.Run(config, str(tmp_path / "run"))
-  real = run.put(next(input_pipeline.make_train_iterator(config, run.tokenizer)), pad=False)
-  abstract = memory_check.abstract_batch(config, run.tokenizer.text_seq_len,
-                                            run.batch_sharding)
-  assert set(abstract) == set(real)
-  for key, value in real.items():
-    assert (abstract[key].shape, abstract[key].dtype) == (value.shape, value.dtype), key
-    assert abstract[key].sharding == value.sharding
 
 
 def test_compiled_bytes_count_arguments_outputs_and_temporaries():
@@ -64,16 +49,17 @@ def test_cpu_devices_share_the_host_memory():
                  "not fit"),
     (12, "off", None),
 ])
-def test_check_warns_when_tight_and_refuses_when_it_will_not_fit(tmp_path, needed, mode, outcome):
-  config = test_train.tiny_config(tmp_path)
+def test_check_warns_when_tight_and_refuses_when_it_will_not_fit(tmp_path, tiny_config, needed,
+                                                                 mode, outcome):
+  config = tiny_config(tmp_path)
   config.train.memory_check = mode
   est = memory_check.Estimate(needed * GIB, 10 * GIB, "free host RAM")
   line = memory_check.check(est, config)
   assert line == outcome if outcome is None else line.startswith(outcome)
 
 
-def test_refusal_is_one_line_with_the_tiny_and_batch_advice(tmp_path):
-  config = test_train.tiny_config(tmp_path)
+def test_refusal_is_one_line_with_the_tiny_and_batch_advice(tmp_path, tiny_config):
+  config = tiny_config(tmp_path)
   est = memory_check.Estimate(40 * GIB, 10 * GIB, "free host RAM")
   with pytest.raises(errors.UserError) as e:
     memory_check.check(est, config)
@@ -85,9 +71,9 @@ def test_refusal_is_one_line_with_the_tiny_and_batch_advice(tmp_path):
     memory_check.check(est, config)
 
 
-def test_training_refuses_a_step_that_cannot_fit(tmp_path, monkeypatch):
+def test_training_refuses_a_step_that_cannot_fit(tmp_path, monkeypatch, tiny_config):
   from micar_jax.training import train  # pylint: disable=g-import-not-at-top
-  config = test_train.tiny_config(tmp_path, max_steps=1)
+  config = tiny_config(tmp_path, max_steps=1)
   monkeypatch.setattr(memory_check, "host_available_bytes", lambda: 1024)
   with pytest.raises(errors.UserError, match="the train step needs .* will not fit"):
     train.train_and_evaluate(config, str(tmp_path / "run"))

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from micar_jax import errors
 from micar_jax.metrics import coco
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="java not on PATH")
@@ -41,7 +42,7 @@ def test_tokenize_modes(no_java):
   jury, _ = coco.coco_scores(["lungs clear."], ["lungs clear"], tokenize="jury")
   assert raw["bleu1"] == pytest.approx(0.5)
   assert jury["bleu1"] == pytest.approx(1.0)
-  with pytest.raises(ValueError, match="tokenize='ptb'"):
+  with pytest.raises(errors.ConfigError, match="tokenize='ptb'"):
     coco.coco_scores(["a"], ["a"], tokenize="ptb")
 
 

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from micar_jax import errors
 from micar_jax.metrics import reference, wordnet
 
 
@@ -126,7 +127,7 @@ def test_rouge_l_default_is_jurys_bootstrap_median_on_real_text():
 
 
 def test_unknown_rouge_aggregate_is_a_one_line_error():
-  with pytest.raises(ValueError, match="eval.rouge_aggregate='median'"):
+  with pytest.raises(errors.ConfigError, match="eval.rouge_aggregate='median'"):
     reference.rouge_l(["a"], ["a"], "median")
 
 

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from micar_jax import errors
 from micar_jax.metrics import scores
 
 PAIRS = (
@@ -153,7 +154,8 @@ def test_suites_report_exactly_the_keys_they_declare():
 def test_selection_must_name_a_suite_and_a_key_it_reports():
   scores.check_selection("reference", "ref/score")
   scores.check_selection("coco", "coco/cider")
-  with pytest.raises(ValueError, match="train.select_suite='bleu' is not a metric suite"):
+  with pytest.raises(errors.ConfigError, match="train.select_suite='bleu' is not a metric suite"):
     scores.check_selection("bleu", "ref/score")
-  with pytest.raises(ValueError, match="train.select_key='coco/cider' is not reported by suite"):
+  with pytest.raises(errors.ConfigError,
+                     match="train.select_key='coco/cider' is not reported by suite"):
     scores.check_selection("reference", "coco/cider")

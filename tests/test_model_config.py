@@ -4,8 +4,10 @@ import dataclasses
 
 import pytest
 
+from micar_jax import errors
 from micar_jax.config import defaults
 from micar_jax.core import checkpointing
+from micar_jax.models import resnet
 from micar_jax.models.model_config import ModelConfig
 
 DERIVED = {"vocab_size", "max_len", "stage_sizes", "num_views"}
@@ -34,9 +36,9 @@ def test_stage_sizes_follow_resnet_depth_and_vocab_size_the_config():
   c = defaults.base_config()
   c.model.vocab_size = 40
   mc = ModelConfig.from_config(c)
-  assert mc.stage_sizes == defaults.RESNET_STAGES[101] and mc.vocab_size == 40
+  assert mc.stage_sizes == resnet.RESNET_STAGES[101] and mc.vocab_size == 40
   c.model.resnet_depth = 34
-  with pytest.raises(ValueError, match="unknown resnet_depth 34"):
+  with pytest.raises(errors.ConfigError, match="unknown resnet_depth 34"):
     ModelConfig.from_config(c)
 
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from micar_jax import errors
 from micar_jax.config import defaults
 from micar_jax.models import layers, model_config, moe, routing
 
@@ -110,7 +111,7 @@ def test_sows_the_experts_it_routed_each_token_to():
 def test_every_impl_is_in_the_dispatch_table_and_others_are_errors():
   assert set(moe.DISPATCH) == {"sort", "einsum", "expert_parallel"}
   layer, params, x = make()
-  with pytest.raises(ValueError, match="unknown moe_impl 'dense'"):
+  with pytest.raises(errors.ConfigError, match="unknown moe_impl 'dense'"):
     layer.clone(cfg=dataclasses.replace(layer.cfg, moe_impl="dense")).apply({"params": params}, x, False)
-  with pytest.raises(ValueError, match="unknown moe_combine 'max'"):
+  with pytest.raises(errors.ConfigError, match="unknown moe_combine 'max'"):
     layer.clone(cfg=dataclasses.replace(layer.cfg, moe_combine="max")).apply({"params": params}, x, False)

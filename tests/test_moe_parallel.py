@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from micar_jax import errors
 from micar_jax.config import defaults
 from micar_jax.core import sharding
 from micar_jax.models import model as model_lib
@@ -142,7 +143,7 @@ def test_errors_without_a_mesh_or_with_indivisible_experts():
   with pytest.raises(ValueError, match="needs a mesh"):
     module.apply({"params": params}, x, False)
   with partitioning.use_mesh(mesh_of(expert=8), partitioning.logical_rules()):
-    with pytest.raises(ValueError, match="num_experts=4 does not split"):
+    with pytest.raises(errors.ConfigError, match="num_experts=4 does not split"):
       module.apply({"params": params}, x, False)
 
 

@@ -16,15 +16,6 @@ from micar_jax.tools import parity, parity_train, torch_reference
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def covctr(arg=""):
-  """configs/covctr.py (a file, not a package)."""
-  spec = importlib.util.spec_from_file_location(
-      "covctr_config", os.path.join(ROOT, "configs", "covctr.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def test_same_generation():
   ours = np.array([[1, 5, 2, 0, 0], [1, 2, 2, 0, 0]])
   # The reference stopped after step 1 (both rows <eos>) and padded to 4 columns.
@@ -45,15 +36,15 @@ def test_random_inputs_pad_only_the_last_row():
   assert ids[1, 3] == parity.EOS
 
 
-def test_backbone_must_be_the_references():
+def test_backbone_must_be_the_references(load_config):
   with pytest.raises(errors.UserError, match="the reference's backbone is a ResNet-101"):
-    torch_reference.build_reference("/nonexistent", covctr("tiny"), 10, 0)
+    torch_reference.build_reference("/nonexistent", load_config("configs/covctr.py:tiny"), 10, 0)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
-def test_missing_torch_is_one_clear_line():
+def test_missing_torch_is_one_clear_line(load_config):
   with pytest.raises(errors.UserError, match="the parity check needs"):
-    torch_reference.build_reference("/nonexistent", covctr(), 10, 0)
+    torch_reference.build_reference("/nonexistent", load_config("configs/covctr.py"), 10, 0)
 
 
 needs_reference = pytest.mark.skipif(
@@ -79,16 +70,16 @@ def test_relative_errors_are_per_tensor_and_worst_first():
 
 @pytest.mark.parametrize("dtype,steps,match", [("bfloat16", 1, "float32 or float64"),
                                                ("float64", 0, "must be >= 1")])
-def test_train_comparison_rejects_bad_settings(dtype, steps, match):
-  with pytest.raises(ValueError, match=match):
-    parity_train.compare_training("/nonexistent", covctr("tiny"), 32, 2, 10, 0, steps, dtype,
-                                  1e-9)
+def test_train_comparison_rejects_bad_settings(dtype, steps, match, load_config):
+  config = load_config("configs/covctr.py:tiny")
+  with pytest.raises(errors.UserError, match=match):
+    parity_train.compare_training("/nonexistent", config, 32, 2, 10, 0, steps, dtype, 1e-9)
 
 
 @pytest.mark.slow
 @needs_reference
-def test_small_model_matches_the_reference(capsys):
-  config = covctr()
+def test_small_model_matches_the_reference(capsys, load_config):
+  config = load_config("configs/covctr.py")
   m = config.model
   m.d_v, m.d_model, m.d_latent, m.d_ff, m.num_heads = 64, 64, 96, 128, 4
   m.qk_nope_dim, m.qk_rope_dim, m.num_layers, m.num_experts = 8, 16, 1, 4

@@ -16,9 +16,10 @@ import pytest
 from micar_jax.config import defaults
 from micar_jax.core import sharding, summary
 from micar_jax.core import state as state_lib
+from micar_jax.data import batch_spec
 from micar_jax.models import partitioning
 from micar_jax.performance import plan, topology
-from micar_jax.training import memory_check, optim, steps
+from micar_jax.training import optim, steps
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 TINY = ["--config=configs/mmr.py:tiny", "--config.data.text_seq_len=8"]
@@ -45,10 +46,10 @@ def test_train_memory_is_what_xla_reports_for_the_train_step_on_real_arrays(cpu8
   mesh = sharding.make_mesh(config, jax.devices()[:8])
   rules = partitioning.logical_rules()
   tx = optim.make_optimizer(config, 1)
-  size = config.data.image_size
-  state, shardings = sharding.init_sharded(state_lib.make_init_fn(mc, tx, size), mesh, rules,
+  spec = batch_spec.BatchSpec.from_config(config)
+  state, shardings = sharding.init_sharded(state_lib.make_init_fn(mc, tx, spec), mesh, rules,
                                            jax.random.PRNGKey(0))
-  shapes = memory_check.abstract_batch(config, mc.max_len, sharding.batch_sharding(mesh))
+  shapes = spec.abstract(sharding.batch_sharding(mesh))
   batch = {k: jax.numpy.zeros(v.shape, v.dtype, device=v.sharding) for k, v in shapes.items()}
   with partitioning.use_mesh(mesh, rules):
     compiled = steps.jit_train_step(mc, tx, config, shardings, mesh).lower(state, batch).compile()
@@ -69,7 +70,7 @@ def test_plan_reports_flops_collectives_and_the_decoder(cpu8_plan):
   train_result = result["train"]
   assert train_result["mesh"] == {"data": 4, "fsdp": 2, "expert": 1, "tensor": 1}
   assert train_result["model_flops"] == 8 * summary.model_flops_per_image(
-      plan.model_config(config), 32)
+      plan.model_config(config), batch_spec.BatchSpec.from_config(config))
   kinds = {c["kind"]: c for c in train_result["collectives"]}
   # Gradients are reduced over the batch axes; fsdp-sharded weights are gathered.
   assert kinds["all-reduce"]["count"] > 0 and kinds["all-gather"]["count"] > 0

@@ -2,6 +2,7 @@
 
 import pytest
 
+from micar_jax import errors
 from micar_jax.config import defaults
 from micar_jax.tools import precision
 
@@ -23,7 +24,7 @@ def test_float32_against_itself_differs_by_nothing():
 
 
 def test_steps_must_be_positive():
-  with pytest.raises(ValueError, match="--steps must be >= 1"):
+  with pytest.raises(errors.UserError, match="--steps must be >= 1"):
     precision.compare(tiny_config("float32"), steps=0)
 
 

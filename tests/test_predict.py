@@ -8,18 +8,16 @@ import pytest
 
 from micar_jax import errors
 from micar_jax.inference import predict
-from micar_jax.training import train
-from tests import test_train
 
 
-def test_predict_writes_a_new_file_with_reports_and_skipped_images(tmp_path, capsys):
-  config = test_train.tiny_config(tmp_path, max_steps=1)
-  workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
-  images = tmp_path / "mine"
+def test_predict_writes_a_new_file_with_reports_and_skipped_images(tiny_run, tiny_config, capsys):
+  folder = tiny_run("predict")  # its own copy of the tiny run: a best checkpoint, no training
+  config = tiny_config(folder)
+  workdir = str(folder / "run")
+  images = folder / "mine"
   images.mkdir()
   for name in ("a.png", "b.png"):
-    shutil.copy(tmp_path / "data" / "images" / "test_000000.png", images / name)
+    shutil.copy(folder / "data" / "images" / "test_000000.png", images / name)
   (images / "broken.png").write_bytes(b"not a png")
   out = predict.predict(config, workdir, [str(images)])
   rows = [json.loads(l) for l in open(out)]

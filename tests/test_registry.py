@@ -2,7 +2,6 @@
 
 import glob
 import importlib
-import importlib.util
 import io
 import json
 import os
@@ -16,13 +15,6 @@ from PIL import Image
 from micar_jax.data import prepare, registry, tfds_builders
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-
-
-def _config(path):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def test_prepare_and_tfds_offer_exactly_the_registry_datasets():
@@ -39,15 +31,15 @@ def test_every_loader_module_has_load():
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
-def test_config_views_come_from_registry(path):
-  c = _config(path)
+def test_config_views_come_from_registry(path, load_config):
+  c = load_config(path)
   assert c.data.num_views == registry.DATASETS[c.dataset].num_views
   assert tuple(c.data.synthetic_sizes) == registry.DATASETS["synthetic"].generated_sizes
 
 
-def test_iu_xray_is_the_two_view_dataset():
+def test_iu_xray_is_the_two_view_dataset(load_config):
   assert [d.name for d in registry.DATASETS.values() if d.num_views != 1] == ["iu_xray"]
-  assert _config(os.path.join(ROOT, "configs", "iu_xray.py")).data.num_views == 2
+  assert load_config("configs/iu_xray.py").data.num_views == 2
 
 
 def test_prepare_cli_choices_and_synthetic_sizes_come_from_registry():

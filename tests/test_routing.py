@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from micar_jax import errors
 from micar_jax.models import routing
 
 K = 2
@@ -39,7 +40,7 @@ def test_switch_aux_loss_is_one_when_balanced():
   # Loads: experts 0,1 once and 2,3 once -> f = 1/4 each; P mean = 1/4 each -> 4·Σ f·P = 1.
   np.testing.assert_allclose(out["load"], [0.25] * 4)
   np.testing.assert_allclose(out["aux"], 1.0, rtol=1e-6)
-  with pytest.raises(ValueError, match="unknown moe_aux_loss"):
+  with pytest.raises(errors.ConfigError, match="unknown moe_aux_loss"):
     routing.aux_losses(logits, probs, ids, "gshard")
 
 
@@ -47,7 +48,7 @@ def test_combine_weights_sum_ignores_the_gates():
   gates = jnp.asarray([[0.75, 0.25], [0.5, 0.5]])
   np.testing.assert_array_equal(routing.combine_weights(gates, "sum"), np.ones((2, 2)))
   np.testing.assert_array_equal(routing.combine_weights(gates, "weighted"), gates)
-  with pytest.raises(ValueError, match="unknown moe_combine 'max'"):
+  with pytest.raises(errors.ConfigError, match="unknown moe_combine 'max'"):
     routing.combine_weights(gates, "max")
 
 

@@ -5,30 +5,18 @@ import json
 import os
 import shutil
 
-import flax.linen as nn
-import jax
 import pytest
 
 from micar_jax import errors
 from micar_jax.core import run as run_lib
-from micar_jax.core import state as state_lib
 from micar_jax.data import sources
-from micar_jax.models import model as model_lib
-from tests import test_train
 
 
 @pytest.fixture(scope="module")
-def best_run(tmp_path_factory):
+def best_run(tiny_run, tiny_config):
   """A Run whose best checkpoint is a freshly initialised tiny model (no training)."""
-  tmp = tmp_path_factory.mktemp("run")
-  config = test_train.tiny_config(tmp)
-  run = run_lib.Run(config, str(tmp / "run"))  # builds the synthetic data and the tokenizer
-  mc = run.model_config
-  variables = nn.meta.unbox(jax.jit(model_lib.MicarVLMoE(mc).init)(
-      jax.random.PRNGKey(0), *state_lib.dummy_inputs(mc, config.data.image_size)))
-  run.checkpoints.save_best(1, {"params": variables["params"],
-                                "batch_stats": variables["batch_stats"]}, {"score": 0.0})
-  return tmp, run
+  tmp = tiny_run("run")
+  return tmp, run_lib.Run(tiny_config(tmp), str(tmp / "run"))
 
 
 def test_testing_the_best_checkpoint_writes_reports_and_scores(best_run):

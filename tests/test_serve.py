@@ -1,7 +1,6 @@
 """--mode=serve: results pages, per-word views equal to explain's, uploads equal to predict's."""
 
 import concurrent.futures
-import contextlib
 import html
 import io
 import json
@@ -10,72 +9,24 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from micar_jax.core import state as state_lib
-
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
 from micar_jax import errors  # noqa: E402
-from micar_jax.core import run as run_lib  # noqa: E402
 from micar_jax.inference import explain, predict  # noqa: E402
-from micar_jax.models import model as model_lib  # noqa: E402
-from micar_jax.serve import app as app_lib  # noqa: E402
-from micar_jax.serve import engine as engine_lib  # noqa: E402
 from micar_jax.serve import server  # noqa: E402
 from micar_jax.tools import serve_load  # noqa: E402
-from tests import test_train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-  """A tiny run (freshly initialised best checkpoint, tested) and an engine over it."""
-  tmp = tmp_path_factory.mktemp("serve")
-  config = test_train.tiny_config(tmp)
-  config.eval.suites = ("reference", "coco")
-  workdir = str(tmp / "run")
-  run = run_lib.Run(config, workdir)  # builds the synthetic data and the tokenizer
-  mc = run.model_config
-  variables = nn.meta.unbox(jax.jit(model_lib.MicarVLMoE(mc).init)(
-      jax.random.PRNGKey(0), *state_lib.dummy_inputs(mc, config.data.image_size)))
-  run.checkpoints.save_best(1, {"params": variables["params"],
-                                "batch_stats": variables["batch_stats"]}, {"score": 0.0})
-  run_lib.test_best(run)
-  run.checkpoints.close()
-  engine = engine_lib.Engine(config, workdir, max_wait_s=0.2)
-  engine.warm_up()
-  yield config, workdir, engine, tmp
-  engine.close()
-
-
-@contextlib.contextmanager
-def running_server(engine, workdir, **app_options):
-  """The app on a real uvicorn server on 127.0.0.1 (free port), in a thread; yields its URL."""
-  sock = server.listen("127.0.0.1", 0)
-  app = app_lib.create_app(engine, workdir, **app_options)
-  srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-  thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-  thread.start()
-  try:
-    while not srv.started:
-      thread.join(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-  finally:
-    srv.should_exit = True
-    thread.join()
-    sock.close()
-
-
-@pytest.fixture(scope="module")
-def client(served):
+def client(served, running_server):
   _, workdir, engine, _ = served
   with running_server(engine, workdir, max_upload_mb=0.5) as url:
     with httpx.Client(base_url=url, timeout=120) as c:
@@ -171,7 +122,7 @@ def test_bad_uploads_get_a_4xx_with_a_message(served, client):
     assert form.status_code == status and message in form.text
 
 
-def test_concurrent_uploads_are_batched_without_recompiling(served):
+def test_concurrent_uploads_are_batched_without_recompiling(served, running_server):
   _, workdir, engine, tmp = served
   pngs = [_png(tmp / "data" / "images" / f"test_00000{i % 4}.png") for i in range(20)]
   compiles = []

@@ -14,7 +14,6 @@ untrained one:
       python -m pytest tests/test_serve_browser.py
 """
 
-import importlib.util
 import io
 import os
 import shutil
@@ -27,8 +26,6 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 from micar_jax.serve import engine as engine_lib  # noqa: E402
 from micar_jax.serve import results as results_lib  # noqa: E402
-from tests import test_serve  # noqa: E402
-from tests.test_serve import served  # noqa: E402,F401  pylint: disable=unused-import
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Generous: the first per-word view may wait for a compile on a busy CI machine.
@@ -38,21 +35,17 @@ pytestmark = [pytest.mark.browser,
 
 
 @pytest.fixture(scope="module")
-def site(request):
+def site(request, load_config, running_server):
   """(base URL, workdir, engine) of a running server."""
   run_dir = os.environ.get("MICAR_SERVE_RUN")
   if run_dir:
-    spec = importlib.util.spec_from_file_location(
-        "serve_cfg", os.environ.get("MICAR_SERVE_CONFIG", "configs/synthetic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(os.environ.get("MICAR_SERVE_CONFIG", "configs/synthetic.py"))
     engine = engine_lib.Engine(config, run_dir, max_wait_s=0.02)
     workdir = run_dir
   else:
     _, workdir, engine, _ = request.getfixturevalue("served")
   try:
-    with test_serve.running_server(engine, workdir) as url:
+    with running_server(engine, workdir) as url:
       yield url, workdir, engine
   finally:
     if run_dir:

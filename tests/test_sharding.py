@@ -11,9 +11,11 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
+from micar_jax import errors
 from micar_jax.config import defaults
 from micar_jax.core import sharding
 from micar_jax.core import state as state_lib
+from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 from micar_jax.models import moe, partitioning
 
@@ -41,7 +43,7 @@ def test_make_mesh_fills_minus_one_with_auto_axes():
     (dict(data=0, fsdp=8), "sizes must be positive"),
 ])
 def test_make_mesh_rejects_sizes_that_do_not_fit(sizes, message):
-  with pytest.raises(ValueError, match=message) as info:
+  with pytest.raises(errors.ConfigError, match=message) as info:
     sharding.make_mesh(config_of(**sizes))
   assert "\n" not in str(info.value)
 
@@ -66,7 +68,7 @@ def test_resolve_spec_falls_back_when_an_axis_does_not_divide():
 def tiny_abstract_state():
   config = config_of(fsdp=2, expert=2, tensor=2)
   mc = model_lib.ModelConfig.from_config(config, 229)
-  init = state_lib.make_init_fn(mc, optax.adamw(1e-3), config.data.image_size)
+  init = state_lib.make_init_fn(mc, optax.adamw(1e-3), batch_spec.BatchSpec.from_config(config))
   mesh = sharding.make_mesh(config)
   rules = partitioning.logical_rules()
   with partitioning.use_mesh(mesh, rules):
@@ -146,5 +148,6 @@ def test_global_batch_splits_rows_over_the_batch_axes():
   assert {s.data.shape for s in batch["input_ids"].addressable_shards} == {(2, 3)}
   np.testing.assert_array_equal(batch["input_ids"], ids)
   assert sharding.replicated(mesh).is_fully_replicated
-  with pytest.raises(ValueError, match="6 rows does not split over 4 batch shards"):
+  with pytest.raises(errors.ConfigError,
+                     match="6 rows does not split over the mesh's 4 batch shards"):
     sharding.global_batch({"input_ids": ids[:6]}, mesh)

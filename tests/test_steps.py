@@ -7,6 +7,7 @@ import pytest
 from micar_jax.config import defaults
 from micar_jax.core import sharding
 from micar_jax.core import state as state_lib
+from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 from micar_jax.training import optim, steps
 
@@ -29,7 +30,7 @@ def step_and_state():
   config.data.text_seq_len = 8
   mc = model_lib.ModelConfig.from_config(config, VOCAB)
   tx = optim.make_optimizer(config, 10)
-  init = state_lib.make_init_fn(mc, tx, 32)
+  init = state_lib.make_init_fn(mc, tx, batch_spec.BatchSpec.from_config(config, batch_size=2))
   state = jax.jit(lambda rng: sharding.unbox(init(rng)))(jax.random.PRNGKey(0))
   return jax.jit(steps.make_train_step(mc, tx, config)), state
 

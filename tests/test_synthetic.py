@@ -1,6 +1,5 @@
 """Tests for micar_jax.data.synthetic: determinism, layout, image-report agreement, location."""
 
-import importlib.util
 import json
 import os
 
@@ -77,12 +76,10 @@ def test_ensure_synthetic_generates_once(tmp_path):
   assert _files(config.data_dir) == first
 
 
-def test_a_run_generates_it_in_its_workdir_not_the_current_folder(tmp_path, monkeypatch, capsys):
+def test_a_run_generates_it_in_its_workdir_not_the_current_folder(tmp_path, monkeypatch, capsys,
+                                                                    load_config):
   from micar_jax import errors, main
-  spec = importlib.util.spec_from_file_location("synthetic_cfg", "configs/synthetic.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
+  config = load_config("configs/synthetic.py:tiny")
   config.data.synthetic_sizes = (4, 2, 2)
   config.mesh.num_devices = 1
   assert config.data_dir == ""

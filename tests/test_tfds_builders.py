@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from micar_jax import errors
 from micar_jax.config import defaults
 from micar_jax.data import input_pipeline as ip
 from micar_jax.data import jsonl, sources, synthetic, tfds_builders
@@ -61,5 +62,5 @@ def test_two_view_dataset(built, tmp_path):
 def test_unbuilt_and_unknown_datasets(tmp_path):
   with pytest.raises(jsonl.MissingDataError, match="tfds_builders --dataset=covctr"):
     tfds_builders.data_source("covctr", "train", str(tmp_path))
-  with pytest.raises(ValueError, match="no TFDS config"):
+  with pytest.raises(errors.ConfigError, match="no TFDS config"):
     tfds_builders.data_source("imagenet", "train", str(tmp_path))

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
+from micar_jax import errors
 from micar_jax.config import defaults
 from micar_jax.data import tokenizer as tl
 
@@ -69,7 +70,7 @@ def test_save_load_roundtrip(tmp_path):
 
 def test_bad_vocabulary_rejected(tmp_path):
   (tmp_path / "v.json").write_text(json.dumps({"<pad>": 1, "<sos>": 0, "<eos>": 2, "<unk>": 3}))
-  with pytest.raises(ValueError, match="<pad>"):
+  with pytest.raises(errors.UserError, match="<pad>"):
     tl.WordTokenizer.load(tmp_path / "v.json", 8)
 
 

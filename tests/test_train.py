@@ -1,6 +1,5 @@
 """Training end to end on a tiny synthetic set: outputs, exact resume after interruptions."""
 
-import importlib.util
 import json
 import os
 
@@ -12,25 +11,6 @@ import pytest
 from micar_jax.training import run_logging, train
 
 
-def tiny_config(tmp_path, **train_overrides):
-  spec = importlib.util.spec_from_file_location("synthetic_cfg", "configs/synthetic.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("tiny")
-  c.data_dir = str(tmp_path / "data")
-  c.data.synthetic_sizes = (16, 4, 4)
-  c.data.text_seq_len = 12
-  c.train.epochs = 2
-  c.train.max_patience = 5
-  c.train.log_every = 1
-  c.train.checkpoint_every = 2
-  c.eval.suites = ("reference",)
-  c.mesh.num_devices = 1
-  for key, value in train_overrides.items():
-    setattr(c.train, key, value)
-  return c
-
-
 def latest_params(workdir):
   root = os.path.join(workdir, "checkpoints", "latest")
   step = max(int(d) for d in os.listdir(root) if d.isdigit())
@@ -38,7 +18,7 @@ def latest_params(workdir):
   return step, restored["params"]
 
 
-def test_train_writes_outputs_and_scores(tmp_path):
+def test_train_writes_outputs_and_scores(tmp_path, tiny_config):
   config = tiny_config(tmp_path)
   workdir = str(tmp_path / "run")
   out = train.train_and_evaluate(config, workdir)
@@ -58,7 +38,7 @@ class _Interrupt(Exception):
   pass
 
 
-def test_interrupted_runs_resume_exactly(tmp_path, monkeypatch):
+def test_interrupted_runs_resume_exactly(tmp_path, monkeypatch, tiny_config):
   config = tiny_config(tmp_path)
   straight = str(tmp_path / "straight")
   train.train_and_evaluate(config, straight)
@@ -88,7 +68,7 @@ def test_interrupted_runs_resume_exactly(tmp_path, monkeypatch):
   assert max(l["step"] for l in metrics) == 8
 
 
-def test_max_steps_ends_training_then_tests(tmp_path):
+def test_max_steps_ends_training_then_tests(tmp_path, tiny_config):
   config = tiny_config(tmp_path, max_steps=2)
   workdir = str(tmp_path / "smoke")
   out = train.train_and_evaluate(config, workdir)
@@ -97,7 +77,7 @@ def test_max_steps_ends_training_then_tests(tmp_path):
 
 
 def test_progress_total_honours_max_steps_and_speed_counts_train_steps(tmp_path, monkeypatch,
-                                                                       capsys):
+                                                                       capsys, tiny_config):
   totals = []
   real_progress = run_logging.RunLog.progress
 

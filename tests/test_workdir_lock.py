@@ -12,7 +12,7 @@ from micar_jax import errors
 from micar_jax.training import workdir_lock
 
 HOLDER = ("import sys, time\n"
-          "from micar_jax import workdir_lock\n"
+          "from micar_jax.training import workdir_lock\n"
           "with workdir_lock.hold(sys.argv[1], 'train'):\n"
           "  print('held', flush=True)\n"
           "  time.sleep(600)\n")

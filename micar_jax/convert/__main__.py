@@ -3,10 +3,10 @@
 import json
 import os
 import shutil
-import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
+
+from micar_jax import cli, errors
 
 _COMMANDS = ("torchvision-resnet", "official")
 
@@ -17,12 +17,11 @@ def define_flags() -> None:
   flags.DEFINE_string("checkpoint", None,
                       "Official model_snapshot.pth (or a .safetensors state dict).")
   flags.DEFINE_string("token2id", None, "The checkpoint's token2id.json vocabulary.")
-  config_flags.DEFINE_config_file("config", None, "Dataset config (configs/<name>.py).")
+  cli.define_config_flag(required=False, help_text="Dataset config (configs/<name>.py).")
   flags.DEFINE_string("out", None, "Output folder.")
 
 
 def _require(**values) -> None:
-  from micar_jax import errors  # pylint: disable=g-import-not-at-top
   absent = [f"--{k}" for k, v in values.items() if not v]
   if absent:
     raise errors.UserError(f"missing {', '.join(absent)}")
@@ -42,7 +41,6 @@ def convert_torchvision(weights: str, out: str) -> str:
 
 
 def _read_vocab(path: str, vocab_size: int) -> None:
-  from micar_jax import errors  # pylint: disable=g-import-not-at-top
   try:
     with open(path) as f:
       vocab = json.load(f)
@@ -70,33 +68,16 @@ def convert_official(checkpoint: str, token2id: str, config, config_path: str, o
 
 
 def main(argv: list[str]) -> None:
-  from micar_jax import errors  # pylint: disable=g-import-not-at-top
   if len(argv) != 2 or argv[1] not in _COMMANDS:
-    print(f"error: expected one command, {' or '.join(_COMMANDS)}", file=sys.stderr)
-    sys.exit(2)
+    raise errors.UserError(f"expected one command, {' or '.join(_COMMANDS)}")
   f = flags.FLAGS
-  try:
-    if argv[1] == "torchvision-resnet":
-      _require(weights=f.weights, out=f.out)
-      print(convert_torchvision(f.weights, f.out))
-    else:
-      _require(checkpoint=f.checkpoint, token2id=f.token2id, config=f.config, out=f.out)
-      print(convert_official(f.checkpoint, f.token2id, f.config,
-                             config_flags.get_config_filename(f["config"]), f.out))
-  except (errors.UserError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing with one-line errors (bad flag, missing or broken config file)."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, OSError, KeyError, ValueError, TypeError) as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(2)
+  if argv[1] == "torchvision-resnet":
+    _require(weights=f.weights, out=f.out)
+    print(convert_torchvision(f.weights, f.out))
+  else:
+    _require(checkpoint=f.checkpoint, token2id=f.token2id, config=f.config, out=f.out)
+    print(convert_official(f.checkpoint, f.token2id, f.config, cli.config_path(), f.out))
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, define_flags)

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from micar_jax.config import defaults
 from micar_jax.convert import names
 from micar_jax.models import resnet
 
@@ -27,7 +26,7 @@ def backbone_shapes(stage_sizes: tuple[int, ...], width: int) -> dict[tuple[str,
 
 def depth_of(stage_sizes: tuple[int, ...]) -> int | None:
   """50 / 101 / 152 for torchvision's stage sizes, None for others."""
-  return {v: k for k, v in defaults.RESNET_STAGES.items()}.get(tuple(stage_sizes))
+  return {v: k for k, v in resnet.RESNET_STAGES.items()}.get(tuple(stage_sizes))
 
 
 def state_dict_to_backbone(state_dict: dict[str, np.ndarray]

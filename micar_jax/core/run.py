@@ -18,7 +18,7 @@ from micar_jax import decode as decode_lib
 from micar_jax import errors, evaluate
 from micar_jax.core import checkpointing, sharding
 from micar_jax.core import state as state_lib
-from micar_jax.data import input_pipeline
+from micar_jax.data import batch_spec, input_pipeline
 from micar_jax.data import tokenizer as tokenizer_lib
 from micar_jax.metrics import scores as scores_lib
 from micar_jax.models import model as model_lib
@@ -31,6 +31,8 @@ class Run:
   Attributes:
     config: the run's one config; a copy of the given one when a converted
       model (config.init_from) supplies the vocabulary, else the given one.
+    batch_spec: the global train batch (config.train.batch_size rows, the
+      tokenizer's text length), also the shapes the model is initialised for.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
@@ -44,6 +46,7 @@ class Run:
     self.is_lead = jax.process_index() == 0
     self.tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
     self.model_config = model_lib.ModelConfig.from_config(config, self.tokenizer.vocab_size)
+    self.batch_spec = batch_spec.BatchSpec.from_config(config, self.tokenizer)
     checkpointing.check_run_config(workdir, checkpointing.run_config_of(self.model_config))
     devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
     self.mesh = sharding.make_mesh(config, devices)
@@ -54,16 +57,16 @@ class Run:
   def put(self, batch: dict[str, np.ndarray], pad: bool = True) -> dict[str, jax.Array]:
     """Host batch (this process's rows) -> global arrays sharded over the batch axes.
 
-    With `pad`, rows are appended (zeros, valid=False) up to a multiple of the
-    mesh's batch shards, so any eval.batch_size works on any mesh; the outputs
-    then have extra rows at the end.
+    With `pad`, rows are appended (zeros, valid=False; `batch_spec.pad_rows`) up
+    to a multiple of the mesh's batch shards, so any eval.batch_size works on any
+    mesh; the outputs then have extra rows at the end.
     """
     arrays = {k: v for k, v in batch.items() if isinstance(v, np.ndarray)}
     return sharding.global_batch(arrays, self.mesh, pad=pad)
 
   def abstract_variables(self) -> dict[str, Any]:
     """Sharded ShapeDtypeStructs of {params, batch_stats} (a restore target)."""
-    init = state_lib.make_variables_init_fn(self.model_config, self.config.data.image_size)
+    init = state_lib.make_variables_init_fn(self.model_config, self.batch_spec)
     return sharding.abstract_sharded(init, self.mesh, self.rules, jax.random.PRNGKey(0))
 
   def generate_fn(self) -> Callable[..., jax.Array]:

@@ -15,6 +15,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from micar_jax import errors
+from micar_jax.data import batch_spec
 from micar_jax.models.partitioning import (
   BATCH_AXES,
   MESH_AXES,
@@ -28,21 +30,22 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int
   """Axis sizes from config.mesh.{data,fsdp,expert,tensor}, with one -1 filled.
 
   Raises:
-    ValueError: sizes are not positive (or -1), several are -1, or their
+    errors.ConfigError: sizes are not positive (or -1), several are -1, or their
       product is not the device count.
   """
   sizes = [int(config.mesh[name]) for name in MESH_AXES]
   listing = ", ".join(f"{n}={s}" for n, s in zip(MESH_AXES, sizes))
   if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
-    raise ValueError(f"config.mesh ({listing}): sizes must be positive, one of them may be -1")
+    raise errors.ConfigError(
+        f"config.mesh ({listing}): sizes must be positive, one of them may be -1")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f"config.mesh ({listing}) does not divide {num_devices} devices")
+      raise errors.ConfigError(f"config.mesh ({listing}) does not divide {num_devices} devices")
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"config.mesh ({listing}) needs {math.prod(sizes)} devices, "
-                     f"but {num_devices} are available")
+    raise errors.ConfigError(f"config.mesh ({listing}) needs {math.prod(sizes)} devices, "
+                            f"but {num_devices} are available")
   return tuple(sizes)
 
 
@@ -55,7 +58,7 @@ def make_mesh(config: ml_collections.ConfigDict,
     devices: devices to lay out (default: all of them, every process).
 
   Raises:
-    ValueError: the sizes do not fit the device count or the physical torus (one line).
+    errors.ConfigError: the sizes do not fit the device count or the physical torus (one line).
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(config, len(devices))
@@ -65,7 +68,7 @@ def make_mesh(config: ml_collections.ConfigDict,
   except NotImplementedError:
     # jax lays a TPU mesh out only when each axis is a product of physical torus axes
     # (8 is none of a 16x16 v6e-256); say so in one line rather than a traceback.
-    raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))} does not map onto the "
+    raise errors.ConfigError(f"config.mesh {dict(zip(MESH_AXES, shape))} does not map onto the "
                      f"devices' physical torus: each mesh axis must be a product of "
                      f"physical axis sizes (micar_jax.plan --search lists meshes that do)"
                      ) from None
@@ -158,29 +161,26 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,
   Args:
     local_batch: this process's rows, {name: [local_batch, ...]}.
     mesh: the mesh.
-    pad: append zero rows (valid=False) until the global batch splits over the
-      batch shards; for evaluation and prediction, whose callers read back only
-      the rows they sent. Training batches are never padded (BatchNorm would
-      see the zero rows).
+    pad: append zero rows (valid=False; `batch_spec.pad_rows`) until the global
+      batch splits over the batch shards; for evaluation and prediction, whose
+      callers read back only the rows they sent. Training batches are never
+      padded (BatchNorm would see the zero rows).
 
   Returns:
     {name: [rows * process_count, ...]} sharded by `batch_sharding(mesh)`.
 
   Raises:
-    ValueError: pad=False and the global batch does not split over the batch shards.
+    errors.ConfigError: pad=False and the global batch does not split over the batch shards.
   """
   sharding = batch_sharding(mesh)
   shards = batch_shards(mesh)
-  # Local rows must be a multiple of this for the global rows to split over the shards.
-  multiple = math.lcm(shards, jax.process_count()) // jax.process_count()
+  if pad:
+    local_batch = batch_spec.pad_rows(local_batch, shards, jax.process_count())
   out = {}
   for name, local in local_batch.items():
-    if pad and local.shape[0] % multiple:
-      extra = multiple - local.shape[0] % multiple
-      local = np.concatenate([local, np.zeros((extra,) + local.shape[1:], local.dtype)])
     rows = local.shape[0] * jax.process_count()
-    if rows % shards:
-      raise ValueError(f"batch {name!r} of {rows} rows does not split over {shards} batch "
-                       "shards (mesh data x fsdp x expert); use a batch size divisible by it")
+    problem = batch_spec.split_problem(rows, shards, f"batch {name!r} of {rows} rows")
+    if problem:
+      raise errors.ConfigError(problem)
     out[name] = jax.make_array_from_process_local_data(sharding, local)
   return out

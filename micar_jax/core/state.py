@@ -2,7 +2,7 @@
 
 `TrainState` holds the step counter, parameters, BatchNorm statistics and
 optimizer state; the init functions build it (with logically-partitioned
-leaves) from the model config and the batch shapes. Every mode reads or
+leaves) from the model config and the batch spec. Every mode reads or
 restores this state: training creates and updates it, evaluation and
 inference restore its variables, the planner and benchmark compile it.
 """
@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 
 Array = jax.Array
@@ -32,29 +33,22 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def dummy_inputs(mc: model_lib.ModelConfig, image_size: int, batch: int = 1) -> tuple[Array, Array]:
-  """Zero images ([b, H, W, 3] or [b, V, H, W, 3]) and ids [b, T] for shape inference."""
-  shape = (batch, image_size, image_size, 3)
-  if mc.num_views > 1:
-    shape = (batch, mc.num_views) + shape[1:]
-  return jnp.zeros(shape, jnp.float32), jnp.zeros((batch, mc.max_len), jnp.int32)
-
-
-def make_variables_init_fn(mc: model_lib.ModelConfig, image_size: int) -> Callable[[Array], Any]:
+def make_variables_init_fn(mc: model_lib.ModelConfig,
+                           spec: batch_spec.BatchSpec) -> Callable[[Array], Any]:
   """init(rng) -> {params, batch_stats} with logically-partitioned (boxed) leaves.
 
-  Only these two collections are kept: what layers sow for inspection (the
-  MoE's expert choices) is not model state.
+  The model is traced on `spec.dummy()` (one zero row). Only these two
+  collections are kept: what layers sow for inspection (the MoE's expert
+  choices) is not model state.
   """
   model = model_lib.MicarVLMoE(mc)
-  return lambda rng: model.init(rng, *dummy_inputs(mc, image_size),
-                                mutable=["params", "batch_stats"])
+  return lambda rng: model.init(rng, *spec.dummy(), mutable=["params", "batch_stats"])
 
 
 def make_init_fn(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
-                 image_size: int) -> Callable[[Array], TrainState]:
+                 spec: batch_spec.BatchSpec) -> Callable[[Array], TrainState]:
   """init(rng) -> TrainState with logically-partitioned (boxed) leaves."""
-  init_variables = make_variables_init_fn(mc, image_size)
+  init_variables = make_variables_init_fn(mc, spec)
 
   def init(rng: Array) -> TrainState:
     variables = init_variables(rng)

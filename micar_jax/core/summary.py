@@ -7,14 +7,17 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from micar_jax.core import state as state_lib
+from micar_jax.data import batch_spec
 from micar_jax.data import tokenizer as tokenizer_lib
 from micar_jax.models import flops
 from micar_jax.models import model as model_lib
+
+# The image side of `abstract_variables` when no batch is given.
+DEFAULT_IMAGE_SIZE = 224
 
 
 def saved_vocab_size(config: ml_collections.ConfigDict, workdir: str) -> int | None:
@@ -31,9 +34,18 @@ def saved_vocab_size(config: ml_collections.ConfigDict, workdir: str) -> int | N
                                       config.data.text_seq_len).vocab_size
 
 
-def abstract_variables(mc: model_lib.ModelConfig, image_size: int = 224) -> dict:
-  """Shapes and dtypes of the model's variables, without allocating them."""
-  init = state_lib.make_variables_init_fn(mc, image_size)
+def abstract_variables(mc: model_lib.ModelConfig,
+                       spec: batch_spec.BatchSpec | None = None) -> dict:
+  """Shapes and dtypes of the model's variables, without allocating them.
+
+  Args:
+    mc: the model.
+    spec: the batch the model is initialised for; by default DEFAULT_IMAGE_SIZE
+      images of mc's views and text length (no parameter depends on the image size).
+  """
+  if spec is None:
+    spec = batch_spec.BatchSpec(1, DEFAULT_IMAGE_SIZE, mc.num_views, mc.max_len)
+  init = state_lib.make_variables_init_fn(mc, spec)
   return nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
 
 
@@ -58,18 +70,18 @@ def format_summary(params: dict, depth: int = 2) -> str:
   return "\n".join(lines)
 
 
-def model_flops_per_image(mc: model_lib.ModelConfig, image_size: int) -> int:
+def model_flops_per_image(mc: model_lib.ModelConfig, spec: batch_spec.BatchSpec) -> int:
   """Training FLOPs per image: 3 x the forward pass, counting only the routed experts.
 
   The forward pass is traced with the sort dispatch whatever mc.moe_impl says,
   since capacity buffers would count padding slots (and dropless einsum every
-  expert) as model work.
+  expert) as model work. One row of `spec` is traced.
   """
   sorted_mc = dataclasses.replace(mc, moe_impl="sort", remat=False)
   model = model_lib.MicarVLMoE(sorted_mc)
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3) if mc.num_views == 1
-                                else (1, mc.num_views, image_size, image_size, 3), jnp.float32)
-  ids = jax.ShapeDtypeStruct((1, mc.max_len), jnp.int32)
+  row = spec.with_batch_size(1)
+  inputs = row.abstract(keys=("images", "input_ids"))
   forward = flops.count_flops(lambda v, x, t: model.apply(v, x, t, None),
-                              abstract_variables(sorted_mc), images, ids)
+                              abstract_variables(sorted_mc, row), inputs["images"],
+                              inputs["input_ids"])
   return 3 * forward

@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from micar_jax import errors
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # Random-resized-crop ranges for the optional train augmentation; milder than
@@ -44,8 +46,8 @@ _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 
 
-class ImageError(ValueError):
-  """An image that is missing, unreadable or corrupt."""
+class ImageError(errors.UserError, ValueError):
+  """An image that is missing, unreadable or corrupt (a ValueError too, for older callers)."""
 
 
 def _window(pixels: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """grain input pipelines: training (shuffled, resumable), evaluation, prediction.
 
 Every batch is a dict of numpy arrays for this process's share of the global
-batch (B = global batch / process count):
+batch (B = global batch / process count), checked against its
+`batch_spec.BatchSpec` before it is yielded:
 
   images     float32 [B, H, W, 3] ([B, V, H, W, 3] when config.data.num_views > 1)
   input_ids  int32 [B, T]   <sos> report <eos> <pad>...
@@ -30,8 +31,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from micar_jax import errors
+from micar_jax.data import batch_spec, sources
 from micar_jax.data import images as images_lib
-from micar_jax.data import sources
 from micar_jax.data import tokenizer as tokenizer_lib
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -43,7 +45,7 @@ READ_THREADS, READ_BUFFER = 4, 8
 def _local_batch(global_batch: int) -> int:
   count = jax.process_count()
   if global_batch % count:
-    raise ValueError(f"batch size {global_batch} is not divisible by {count} processes")
+    raise errors.ConfigError(f"batch size {global_batch} is not divisible by {count} processes")
   return global_batch // count
 
 
@@ -137,6 +139,17 @@ class _Featurize(grain.transforms.Map):
             "index": np.int32(element["index"])}
 
 
+class _Checked(grain.transforms.Map):
+  """Passes batches through after `BatchSpec.check` (a mismatch is a bug: ValueError)."""
+
+  def __init__(self, spec: batch_spec.BatchSpec, rows: int):
+    self.spec, self.rows = spec, rows
+
+  def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    self.spec.check(batch, self.rows)
+    return batch
+
+
 class _Augment(grain.transforms.RandomMap):
   """`_Featurize` with train-time augmentation; grain seeds rng per element."""
 
@@ -155,6 +168,8 @@ def _pipeline(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokeni
   # Batching before the iterator keeps whole batches on one worker, so the
   # batch contents do not depend on the worker count.
   ds = ds.batch(plan.local_batch, drop_remainder=True)
+  spec = batch_spec.BatchSpec.from_config(config, tokenizer, batch_size=plan.global_batch)
+  ds = ds.map(_Checked(spec, plan.local_batch))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                             prefetch_buffer_size=READ_BUFFER))
   if config.data.worker_count > 0:
@@ -189,8 +204,8 @@ def make_train_iterator(
   rows = sources.open_split(config, "train")
   steps = steps_per_epoch(config, len(rows))
   if steps == 0:
-    raise ValueError(f"train split has {len(rows)} usable rows, fewer than one batch of "
-                     f"{config.train.batch_size}")
+    raise errors.UserError(f"train split has {len(rows)} usable rows, fewer than one batch "
+                           f"of {config.train.batch_size}")
   plan = _Plan(len(rows), config.train.batch_size, steps, config.train.epochs, config.seed)
   it = iter(_pipeline(config, tokenizer, rows, plan, config.data.augment))
   if state is not None:
@@ -252,12 +267,13 @@ def predict_batches(
     unreadable images are skipped with a warning, the last batch is padded.
   """
   if config.data.num_views != 1:
-    raise ValueError("prediction from loose image files supports num_views=1 only")
+    raise errors.ConfigError("prediction from loose image files supports num_views=1 only")
   size, batch = config.data.image_size, config.eval.batch_size
+  spec = batch_spec.BatchSpec.from_config(config, batch_size=batch)
   chunk, n_skipped = [], 0
 
   def emit() -> dict[str, Any]:
-    out = np.zeros([batch, size, size, 3], np.float32)
+    out = spec.zeros(("images",))["images"]
     out[:len(chunk)] = [img for _, img in chunk]
     return {"images": out, "valid": np.arange(batch) < len(chunk),
             "paths": [p for p, _ in chunk]}

@@ -14,10 +14,11 @@ from typing import Any
 
 from absl import logging
 
+from micar_jax import errors
 from micar_jax.data import registry
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(errors.UserError, FileNotFoundError):
   """A prepared dataset (a split file here, or a TFDS build) that does not exist."""
 
 

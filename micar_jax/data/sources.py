@@ -12,7 +12,8 @@ from typing import Any
 
 import ml_collections
 
-from micar_jax.data import jsonl, synthetic
+from micar_jax import errors
+from micar_jax.data import jsonl, registry, synthetic
 
 # What open_split raises for a dataset that is not there (jsonl or TFDS).
 MissingDataError = jsonl.MissingDataError
@@ -35,8 +36,8 @@ def open_split(
   source = config.data.source
   if source == "jsonl":
     data_dir = os.fspath(data_dir or config.data_dir)
-    if config.dataset == "synthetic" and os.path.abspath(data_dir) == os.path.abspath(
-        config.data_dir):
+    generated = registry.DATASETS[config.dataset].generated
+    if generated and os.path.abspath(data_dir) == os.path.abspath(config.data_dir):
       synthetic.ensure_synthetic(config)
     return jsonl.read_split(data_dir, split)
   if source == "tfds":
@@ -44,7 +45,7 @@ def open_split(
     from micar_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
     return tfds_builders.data_source(
         config.dataset, split, config.data.tfds_data_dir or None)
-  raise ValueError(f"config.data.source must be 'jsonl' or 'tfds', got {source!r}")
+  raise errors.ConfigError(f"config.data.source must be 'jsonl' or 'tfds', got {source!r}")
 
 
 def split_reports(

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 
+from micar_jax import cli, errors
 from micar_jax.data import jsonl, registry
 
 BUILDER_NAME = "micar_reports"
@@ -72,8 +73,8 @@ class MicarReports(tfds.core.GeneratorBasedBuilder):
     for i, row in enumerate(jsonl.read_split(data_dir, split)):
       paths = row["image"] if isinstance(row["image"], list) else [row["image"]]
       if len(paths) != len(keys):
-        raise ValueError(f"{data_dir}/{split}.jsonl row {i}: expected {len(keys)} "
-                         f"image(s), got {row['image']!r}")
+        raise errors.UserError(f"{data_dir}/{split}.jsonl row {i}: expected {len(keys)} "
+                               f"image(s), got {row['image']!r}")
       example = {"report": row["report"]}
       for key, path in zip(keys, paths):
         example[key] = path
@@ -112,7 +113,7 @@ def data_source(dataset: str, split: str, data_dir: str | None = None) -> TfdsRo
     jsonl.MissingDataError: the dataset has not been built in data_dir.
   """
   if dataset not in registry.DATASETS:
-    raise ValueError(
+    raise errors.ConfigError(
         f"no TFDS config for dataset {dataset!r}; known: {sorted(registry.DATASETS)}")
   builder = tfds.builder(f"{BUILDER_NAME}/{dataset}", data_dir=data_dir)
   if not builder.is_prepared():
@@ -134,17 +135,20 @@ def build(dataset: str, manual_dir: str, data_dir: str | None = None) -> str:
   return os.fspath(builder.data_dir)
 
 
+def define_flags() -> None:
+  """Declared only when run as a program: importers (the input pipeline) must not
+  register flags that could clash with their own --dataset."""
+  flags.DEFINE_enum("dataset", None, list(registry.DATASETS), "Dataset to build.")
+  flags.DEFINE_string("manual_dir", None, "Prepared jsonl folder.")
+  flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default ~/tensorflow_datasets).")
+  flags.mark_flags_as_required(["dataset", "manual_dir"])
+
+
 def main(argv: Sequence[str]) -> None:
-  del argv
+  cli.expect_no_arguments(argv)
   f = flags.FLAGS
   print(build(f.dataset, f.manual_dir, f.tfds_data_dir))
 
 
 if __name__ == "__main__":
-  # Defined here, not at import: importers (the input pipeline) must not
-  # register flags that could clash with their own --dataset.
-  flags.DEFINE_enum("dataset", None, list(registry.DATASETS), "Dataset to build.")
-  flags.DEFINE_string("manual_dir", None, "Prepared jsonl folder.")
-  flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default ~/tensorflow_datasets).")
-  flags.mark_flags_as_required(["dataset", "manual_dir"])
-  app.run(main)
+  cli.run(main, define_flags)

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from micar_jax import errors
 from micar_jax.data import sources
 
 PAD, SOS, EOS, UNK = 0, 1, 2, 3
@@ -35,7 +36,7 @@ class Tokenizer(abc.ABC):
 
   def __init__(self, text_seq_len: int):
     if text_seq_len < 2:
-      raise ValueError(f"text_seq_len must be >= 2 (<sos> + <eos>), got {text_seq_len}")
+      raise errors.ConfigError(f"text_seq_len must be >= 2 (<sos> + <eos>), got {text_seq_len}")
     self.text_seq_len = text_seq_len
 
   @property
@@ -101,11 +102,11 @@ class WordTokenizer(Tokenizer):
     super().__init__(text_seq_len)
     for i, tok in enumerate(SPECIAL_TOKENS):
       if token2id.get(tok) != i:
-        raise ValueError(f"vocabulary must map {tok!r} to {i}, got {token2id.get(tok)!r}")
+        raise errors.UserError(f"vocabulary must map {tok!r} to {i}, got {token2id.get(tok)!r}")
     self.token2id = dict(token2id)
     self.id2token = {i: t for t, i in self.token2id.items()}
     if len(self.id2token) != len(self.token2id):
-      raise ValueError("vocabulary ids are not unique")
+      raise errors.UserError("vocabulary ids are not unique")
 
   @classmethod
   def build(cls, reports: Iterable[str], min_frequency: int, text_seq_len: int) -> "WordTokenizer":
@@ -170,10 +171,10 @@ class SentencePieceTokenizer(Tokenizer):
   ) -> "SentencePieceTokenizer":
     """Trains in memory; `vocab_size` is an upper bound (hard_vocab_limit=False)."""
     if model_type not in ("unigram", "bpe"):
-      raise ValueError(f"sp_model_type must be 'unigram' or 'bpe', got {model_type!r}")
+      raise errors.ConfigError(f"sp_model_type must be 'unigram' or 'bpe', got {model_type!r}")
     sentences = [r for r in reports if r.strip()]
     if not sentences:
-      raise ValueError("cannot train SentencePiece on an empty train split")
+      raise errors.UserError("cannot train SentencePiece on an empty train split")
     buf = io.BytesIO()
     _sentencepiece().SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size,
@@ -217,7 +218,7 @@ def load_tokenizer(kind: str, path: str | os.PathLike, text_seq_len: int) -> Tok
     return WordTokenizer.load(path, text_seq_len)
   if kind == "sentencepiece":
     return SentencePieceTokenizer.load(path, text_seq_len)
-  raise ValueError(f"config.data.tokenizer must be 'word' or 'sentencepiece', got {kind!r}")
+  raise errors.ConfigError(f"config.data.tokenizer must be 'word' or 'sentencepiece', got {kind!r}")
 
 
 def load_or_build_tokenizer(
@@ -232,7 +233,8 @@ def load_or_build_tokenizer(
   kind = config.data.tokenizer
   seq_len = config.data.text_seq_len
   if kind not in VOCAB_FILES:
-    raise ValueError(f"config.data.tokenizer must be one of {sorted(VOCAB_FILES)}, got {kind!r}")
+    raise errors.ConfigError(
+        f"config.data.tokenizer must be one of {sorted(VOCAB_FILES)}, got {kind!r}")
   if config.data.vocab_path:
     if not epath.Path(config.data.vocab_path).exists():
       raise FileNotFoundError(f"config.data.vocab_path {config.data.vocab_path} does not exist")

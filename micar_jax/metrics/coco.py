@@ -17,6 +17,7 @@ import logging
 import shutil
 from typing import Sequence
 
+from micar_jax import errors
 from micar_jax.metrics import meteor as meteor_lib
 from micar_jax.metrics import reference
 
@@ -101,7 +102,7 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[str], tokenize: 
     suite, to a one-line reason.
   """
   if tokenize not in TOKENIZERS:
-    raise ValueError(f"tokenize={tokenize!r}; expected one of {TOKENIZERS}")
+    raise errors.ConfigError(f"tokenize={tokenize!r}; expected one of {TOKENIZERS}")
   reference.check_pairs(hypotheses, references)
   try:
     from pycocoevalcap.bleu.bleu import Bleu  # pylint: disable=g-import-not-at-top

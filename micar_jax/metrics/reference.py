@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from micar_jax import errors
+
 _PUNCT_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
 
 
@@ -142,10 +144,11 @@ def rouge_l(hypotheses: Sequence[str], references: Sequence[str],
   """Corpus ROUGE-L: jury's bootstrap median ("bootstrap") or the plain mean ("mean").
 
   Raises:
-    ValueError: unknown `aggregate` (one line).
+    errors.ConfigError: unknown `aggregate` (one line).
   """
   if aggregate not in ROUGE_AGGREGATES:
-    raise ValueError(f"eval.rouge_aggregate={aggregate!r}; expected one of {ROUGE_AGGREGATES}")
+    raise errors.ConfigError(
+        f"eval.rouge_aggregate={aggregate!r}; expected one of {ROUGE_AGGREGATES}")
   scores = rouge_l_f1(hypotheses, references)
   if aggregate == "mean":
     return sum(scores) / len(scores)

@@ -92,7 +92,7 @@ def load_wordnet(wordnet_dir: str | os.PathLike | None = None,
   the Debian files, the folder is built there first (once; 36 MB).
 
   Args:
-    wordnet_dir: optional extra nltk data folder; "" or None for none.
+    wordnet_dir: optional extra nltk data folder (`~` expanded); "" or None for none.
     build_from: Debian WordNet folder to build `wordnet_dir` from; None never
       builds.
 
@@ -106,7 +106,7 @@ def load_wordnet(wordnet_dir: str | os.PathLike | None = None,
   except ImportError:
     return None, "nltk is not installed"
   if wordnet_dir:
-    wordnet_dir = os.fspath(wordnet_dir)
+    wordnet_dir = os.path.expanduser(os.fspath(wordnet_dir))
     built = pathlib.Path(wordnet_dir, "corpora", "wordnet", "lexnames").is_file()
     if not built and build_from and pathlib.Path(build_from, "data.noun").is_file():
       try:
@@ -145,4 +145,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv))
+  # absl parsing gives --help; main returns the exit status.
+  from micar_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

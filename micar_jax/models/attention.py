@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from micar_jax import errors
 from micar_jax.models import layers
 from micar_jax.models.model_config import ModelConfig
 
@@ -109,7 +110,7 @@ class _LatentAttentionBase(nn.Module):
     c = self.cfg
     head_dim = c.d_latent // c.num_heads
     if c.d_latent % c.num_heads or head_dim != c.qk_nope_dim + c.qk_rope_dim:
-      raise ValueError(
+      raise errors.ConfigError(
           f"d_latent={c.d_latent} must split into {c.num_heads} heads of "
           f"qk_nope_dim + qk_rope_dim = {c.qk_nope_dim + c.qk_rope_dim} channels")
 

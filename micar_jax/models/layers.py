@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from micar_jax import errors
 from micar_jax.models import partitioning
 
 Array = jax.Array
@@ -171,7 +172,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 def activation(name: str) -> Callable[[Array], Array]:
   """Looks up an activation by its config name (silu, gelu, selu, telu)."""
   if name not in ACTIVATIONS:
-    raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    raise errors.ConfigError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
   return ACTIVATIONS[name]
 
 

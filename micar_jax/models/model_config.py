@@ -1,8 +1,9 @@
 """ModelConfig: the hashable model hyper-parameters, read from the config by name.
 
-`defaults.base_config` is the one place that declares every model setting and
-its default; this dataclass only names the settings the model reads (and marks
-those that do not shape parameters), so blocks can take it whole.
+`config.settings.SETTINGS` is the one place that declares every model setting,
+its default, check and doc; this dataclass only names the settings the model
+reads (and marks those that do not shape parameters), so blocks can take it
+whole. (models/ does not import the config package.)
 """
 
 import dataclasses
@@ -11,6 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
+from micar_jax import errors
 from micar_jax.models import resnet
 
 
@@ -28,7 +30,7 @@ class ModelConfig:
   """The hashable model hyper-parameters (a static argument of jitted functions).
 
   Fields carry no defaults: each is read by name from `config.model` (the
-  defaults live in `defaults.base_config`), except the few `_derived_fields`.
+  defaults live in `config.settings.SETTINGS`), except the few `_derived_fields`.
   """
 
   vocab_size: int
@@ -84,11 +86,11 @@ def _derived_fields(config: ml_collections.ConfigDict, vocab_size: int | None) -
   m = config.model
   stages = tuple(m.resnet_stages) or resnet.RESNET_STAGES.get(m.resnet_depth)
   if stages is None:
-    raise ValueError(f"unknown resnet_depth {m.resnet_depth}; expected one of "
-                     f"{sorted(resnet.RESNET_STAGES)} or set model.resnet_stages")
+    raise errors.ConfigError(f"unknown resnet_depth {m.resnet_depth}; expected one of "
+                             f"{sorted(resnet.RESNET_STAGES)} or set model.resnet_stages")
   v = vocab_size or m.vocab_size
   if not v:
-    raise ValueError("model.vocab_size is 0 and no tokenizer gave a vocabulary size "
-                     "(pass --config.model.vocab_size=N)")
+    raise errors.ConfigError("model.vocab_size is 0 and no tokenizer gave a vocabulary size "
+                             "(pass --config.model.vocab_size=N)")
   return {"vocab_size": int(v), "max_len": config.data.text_seq_len,
           "stage_sizes": tuple(stages), "num_views": config.data.num_views}

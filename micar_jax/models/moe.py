@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from micar_jax import errors
 from micar_jax.models import layers, moe_dispatch, moe_parallel, routing
 from micar_jax.models.model_config import ModelConfig
 
@@ -33,8 +34,8 @@ DISPATCH: dict[str, moe_dispatch.Dispatch] = {
 def dispatch_fn(impl: str) -> moe_dispatch.Dispatch:
   """The dispatch that config.model.moe_impl names."""
   if impl not in DISPATCH:
-    raise ValueError(f"unknown moe_impl {impl!r}; expected one of "
-                     f"{', '.join(repr(name) for name in DISPATCH)}")
+    raise errors.ConfigError(f"unknown moe_impl {impl!r}; expected one of "
+                             f"{', '.join(repr(name) for name in DISPATCH)}")
   return DISPATCH[impl]
 
 

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from micar_jax import errors
 from micar_jax.models import moe_dispatch, partitioning, routing
 
 Array = jax.Array
@@ -65,14 +66,15 @@ def expert_parallel(tokens: Array, expert_ids: Array, experts: moe_dispatch.Expe
     dropped), and the dropped fraction of the n·k assignments (scalar float32).
 
   Raises:
-    ValueError: no mesh in context, or E not divisible by the expert axis.
+    ValueError: no mesh in context.
+    errors.ConfigError: E not divisible by the expert axis.
   """
   mesh = _context_mesh()
   num_experts = experts[0].shape[0]
   ep = mesh.shape[partitioning.EXPERT_AXIS]
   if num_experts % ep:
-    raise ValueError(f"num_experts={num_experts} does not split over the mesh's "
-                     f"expert axis of size {ep}")
+    raise errors.ConfigError(f"num_experts={num_experts} does not split over the mesh's "
+                             f"expert axis of size {ep}")
   batch_axes = tuple(a for a in partitioning.BATCH_AXES if a in mesh.axis_names)
   shards = math.prod(mesh.shape[a] for a in batch_axes)
   tp = mesh.shape.get(partitioning.TENSOR_AXIS, 1)

@@ -12,9 +12,12 @@ flax's "intermediates", which `init` leaves out of the model's variables.
 """
 
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from micar_jax import errors
 
 Array = jax.Array
 
@@ -44,19 +47,44 @@ def route(logits: Array, top_k: int) -> tuple[Array, Array, Array]:
   return probs, top_p / jnp.sum(top_p, axis=-1, keepdims=True), top_i.astype(jnp.int32)
 
 
+# moe_combine name -> weights [tokens, k] of the chosen experts' outputs from their gates.
+# "sum" is the reference (an unweighted sum of the k outputs; the router then
+# learns only from the auxiliary loss); "weighted" weights each by its gate.
+COMBINES: dict[str, Callable[[Array], Array]] = {
+    "sum": jnp.ones_like,
+    "weighted": lambda gates: gates,
+}
+
+
 def combine_weights(gates: Array, combine: str) -> Array:
   """Weights [tokens, k] of each chosen expert's output in the token's sum.
 
   Args:
     gates: [tokens, k] renormalised gates.
-    combine: "sum" (reference: unweighted sum of the k outputs; the router then
-      learns only from the auxiliary loss) or "weighted" (gate-weighted).
+    combine: a `COMBINES` name.
   """
-  if combine == "sum":
-    return jnp.ones_like(gates)
-  if combine == "weighted":
-    return gates
-  raise ValueError(f"unknown moe_combine {combine!r}; expected 'sum' or 'weighted'")
+  if combine not in COMBINES:
+    raise errors.ConfigError(f"unknown moe_combine {combine!r}; expected one of {tuple(COMBINES)}")
+  return COMBINES[combine](gates)
+
+
+def _entropy_loss(mean_p: Array, load: Array) -> Array:
+  """Σ p̄·log(p̄ + 1e-8) (reference; minimum -ln E)."""
+  del load
+  return jnp.sum(mean_p * jnp.log(mean_p + 1e-8))
+
+
+def _switch_loss(mean_p: Array, load: Array) -> Array:
+  """E·Σ f·P: balance gives 1."""
+  return mean_p.shape[-1] * jnp.sum(load * mean_p)
+
+
+# moe_aux_loss name -> load-balancing loss of (p̄ [E]: the mean softmax over all
+# tokens, padding included; f [E]: the share of the tokens·k assignments per expert).
+AUX_LOSSES: dict[str, Callable[[Array, Array], Array]] = {
+    "entropy": _entropy_loss,
+    "switch": _switch_loss,
+}
 
 
 def aux_losses(logits: Array, probs: Array, expert_ids: Array, kind: str) -> dict[str, Array]:
@@ -64,9 +92,7 @@ def aux_losses(logits: Array, probs: Array, expert_ids: Array, kind: str) -> dic
 
   Args:
     logits: [tokens, E]; probs: [tokens, E]; expert_ids: [tokens, k].
-    kind: "entropy" (reference: Σ p̄·log(p̄ + 1e-8), p̄ = mean softmax over all
-      tokens, padding included; minimum -ln E) or "switch" (E·Σ f·P with f the
-      share of the tokens·k assignments per expert, so Σf = 1 and balance gives 1).
+    kind: an `AUX_LOSSES` name.
 
   Returns:
     {"aux": scalar, "z": mean(logsumexp(logits)²), "load": [E] assignment shares}.
@@ -74,12 +100,9 @@ def aux_losses(logits: Array, probs: Array, expert_ids: Array, kind: str) -> dic
   num_experts = probs.shape[-1]
   mean_p = jnp.mean(probs, axis=0)
   load = jnp.mean(jax.nn.one_hot(expert_ids, num_experts, dtype=jnp.float32), axis=(0, 1))
-  if kind == "entropy":
-    aux = jnp.sum(mean_p * jnp.log(mean_p + 1e-8))
-  elif kind == "switch":
-    aux = num_experts * jnp.sum(load * mean_p)
-  else:
-    raise ValueError(f"unknown moe_aux_loss {kind!r}; expected 'entropy' or 'switch'")
+  if kind not in AUX_LOSSES:
+    raise errors.ConfigError(f"unknown moe_aux_loss {kind!r}; expected one of {tuple(AUX_LOSSES)}")
+  aux = AUX_LOSSES[kind](mean_p, load)
   z = jnp.mean(jnp.square(jax.nn.logsumexp(logits, axis=-1)))
   return {"aux": aux, "z": z, "load": load}
 

@@ -37,7 +37,6 @@ import dataclasses
 import datetime
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -46,13 +45,13 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from micar_jax import decode, errors
+from micar_jax import cli, decode, errors
 from micar_jax.config import defaults
 from micar_jax.core import sharding, summary
 from micar_jax.core import state as state_lib
-from micar_jax.data import sources
+from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 from micar_jax.models import partitioning
 from micar_jax.performance import bench_sweeps, chips, device_memory, profiling, timing
@@ -62,9 +61,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Declared only when run as a program, so importing this module defines no flags."""
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).",
-                                  lock_config=True)
+  cli.define_config_flag()
   flags.DEFINE_integer("steps", 10, "Timed train steps (after the warm-up).")
   flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
   flags.DEFINE_bool("train", True, "Time the configured train step (--notrain: only the "
@@ -77,7 +74,7 @@ def define_flags() -> None:
   flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device for MFU; 0 = from the kind.")
   flags.DEFINE_list("moe_variants", [], "MoE dispatches to time at each --moe_experts "
                     "(sort, sort_pallas, einsum, expert_parallel); empty to skip.")
-  flags.DEFINE_list("moe_experts", ["8", "64"], "Expert counts of the MoE sweep.")
+  cli.define_int_list("moe_experts", [8, 64], "Expert counts of the MoE sweep.")
   flags.DEFINE_float("moe_capacity_factor", 1.25, "Capacity factor of the einsum variant.")
   flags.DEFINE_bool("max_batch", False, "Find the largest training batch that fits.")
   flags.DEFINE_string("profile_dir", "", "Trace --profile_steps train steps here and report "
@@ -86,7 +83,7 @@ def define_flags() -> None:
   flags.DEFINE_string("compilation_cache", "", "Persistent XLA compilation cache folder.")
   flags.DEFINE_string("out", "", "Also write the JSON here (after every section).")
   flags.DEFINE_string("data_dir", "", "Prepared data folder: also time the input pipeline there.")
-  flags.DEFINE_list("workers", ["0", "2"], "Pipeline worker counts (with --data_dir).")
+  cli.define_int_list("workers", [0, 2], "Pipeline worker counts (with --data_dir).")
   flags.DEFINE_integer("batches", 30, "Pipeline batches timed after the first one.")
   flags.mark_flags_as_required(["config"])
 
@@ -124,10 +121,10 @@ def peak_tflops(device_kind: str) -> float | None:
 def bench_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
                 opts: Options, peak: float | None) -> tuple[dict[str, Any], state_lib.TrainState]:
   """Times the configured train step; returns its figures and the trained state."""
-  batch_size = config.train.batch_size
-  figures, run = timing.time_train(config, mc, mesh, rules, batch_size, opts.steps, opts.warmup)
-  flops_per_image = summary.model_flops_per_image(mc, config.data.image_size)
-  tflops = flops_per_image * batch_size / (figures["step_ms"] / 1e3) / 1e12
+  spec = batch_spec.BatchSpec.from_config(config)
+  figures, run = timing.time_train(config, mc, mesh, rules, spec, opts.steps, opts.warmup)
+  flops_per_image = summary.model_flops_per_image(mc, spec)
+  tflops = flops_per_image * spec.batch_size / (figures["step_ms"] / 1e3) / 1e12
   total_peak = peak * mesh.size if peak else None
   peak_bytes = device_memory.peak_memory(mesh.devices.flat)
   figures.update({
@@ -148,9 +145,9 @@ def bench_decode(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, m
                  state: state_lib.TrainState, opts: Options) -> dict[str, Any]:
   """Reports/s of each decoding method on random images ({} when none is asked for)."""
   batch_size = opts.decode_batch or config.eval.batch_size
-  images = sharding.global_batch(
-      {"images": timing.random_batch(mc, config.data.image_size, batch_size, seed=1)["images"]},
-      mesh)["images"]
+  spec = batch_spec.BatchSpec.from_config(config, batch_size=batch_size)
+  images = sharding.global_batch({"images": spec.random(mc.vocab_size, seed=1)["images"]},
+                                 mesh)["images"]
   results = {}
   for method in opts.decode:
     eval_cfg = config.eval.copy_and_resolve_references()
@@ -190,18 +187,20 @@ def bench_pipeline(config: ml_collections.ConfigDict, tokenizer, opts: Options
 
 
 def check_options(opts: Options) -> None:
-  """Raises ValueError (one line) for options that cannot work, before anything compiles."""
+  """Raises UserError (one line) for options that cannot work, before anything compiles."""
   unknown = sorted(set(opts.decode) - set(decode.METHODS))
   if unknown:
-    raise ValueError(f"unknown --decode {', '.join(unknown)}; expected {', '.join(decode.METHODS)}")
+    raise errors.UserError(f"unknown --decode {', '.join(unknown)}; expected "
+                           f"{', '.join(decode.METHODS)}")
   unknown = sorted(set(opts.moe_variants) - set(bench_sweeps.MOE_VARIANTS))
   if unknown:
-    raise ValueError(f"unknown --moe_variants {', '.join(unknown)}; expected "
-                     f"{', '.join(bench_sweeps.MOE_VARIANTS)}")
+    raise errors.UserError(f"unknown --moe_variants {', '.join(unknown)}; expected "
+                           f"{', '.join(bench_sweeps.MOE_VARIANTS)}")
   if opts.steps < 1 or opts.warmup < 0 or opts.decode_repeats < 1 or opts.profile_steps < 1:
-    raise ValueError("--steps, --decode_repeats and --profile_steps must be >= 1, --warmup >= 0")
+    raise errors.UserError("--steps, --decode_repeats and --profile_steps must be >= 1, "
+                           "--warmup >= 0")
   if opts.decode and not opts.train:
-    raise ValueError("--decode needs the trained state: drop --notrain or pass --decode=")
+    raise errors.UserError("--decode needs the trained state: drop --notrain or pass --decode=")
 
 
 def write_json(result: dict[str, Any], path: str) -> None:
@@ -284,23 +283,15 @@ def options_from_flags() -> Options:
 
 
 def print_json(measure: Callable[[], dict[str, Any]]) -> None:
-  """Prints measure()'s result as JSON; bad input ends the program with one line and exit 2."""
-  try:
-    result = measure()
-  except (errors.UserError, sources.MissingDataError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(json.dumps(result, indent=2))
+  """Prints measure()'s result as indented JSON."""
+  print(json.dumps(measure(), indent=2))
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.expect_no_arguments(argv)
   print_json(lambda: run(FLAGS.config, options_from_flags()))
-
 
 
 def program() -> None:
   """Runs the program (`python -m micar_jax.bench`)."""
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from micar_jax.core import sharding
+from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 from micar_jax.models import partitioning
 from micar_jax.performance import device_memory, timing
@@ -66,7 +67,7 @@ def time_variant(config: ml_collections.ConfigDict, steps: tuple[int, int]) -> d
   devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
   mesh = sharding.make_mesh(config, devices)
   figures, _ = timing.time_train(config, mc, mesh, partitioning.logical_rules(),
-                                 config.train.batch_size, *steps)
+                                 batch_spec.BatchSpec.from_config(config), *steps)
   return figures
 
 
@@ -120,8 +121,10 @@ def largest_batch(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, 
   if limit is None:
     return {"largest_batch": None, "note": device_memory.UNAVAILABLE.format(device.platform)}
   multiple = 8 * sharding.batch_shards(mesh)
-  sizes = (config.train.batch_size, 2 * config.train.batch_size)
-  estimates = tuple(timing.estimate_memory(config, mc, mesh, rules, b) for b in sizes)
+  spec = batch_spec.BatchSpec.from_config(config)
+  sizes = (spec.batch_size, 2 * spec.batch_size)
+  estimates = tuple(timing.estimate_memory(config, mc, mesh, rules, spec.with_batch_size(b))
+                    for b in sizes)
   out = {"limit_bytes": limit, "estimates": {str(b): m for b, m in zip(sizes, estimates)},
          "tried": [], "largest_batch": None}
   if None in estimates:
@@ -133,7 +136,8 @@ def largest_batch(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, 
     if batch < multiple:
       break
     try:
-      figures, _ = timing.time_train(config, mc, mesh, rules, batch, *steps)
+      figures, _ = timing.time_train(config, mc, mesh, rules, spec.with_batch_size(batch),
+                                     *steps)
     except jax.errors.JaxRuntimeError as e:
       if not device_memory.is_out_of_memory(e):
         raise

@@ -11,10 +11,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from micar_jax.data import input_pipeline, synthetic
+from micar_jax import cli
+from micar_jax.data import input_pipeline, registry, synthetic
 from micar_jax.data import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
@@ -22,10 +22,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Declared only when run as a program, so importing this module defines no flags."""
-  config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=False)
-  flags.DEFINE_list("workers", ["0", "2"], "Worker process counts to measure.")
+  cli.define_config_flag(help_text="Run config file.", lock_config=False)
+  cli.define_int_list("workers", [0, 2], "Worker process counts to measure.")
   flags.DEFINE_integer("batches", 30, "Batches timed after the first one.")
-  flags.mark_flags_as_required(["config"])
 
 
 def measure(config, tokenizer: tokenizer_lib.Tokenizer, batches: int) -> tuple[float, float]:
@@ -45,10 +44,10 @@ def measure(config, tokenizer: tokenizer_lib.Tokenizer, batches: int) -> tuple[f
 
 
 def main(argv: Sequence[str]) -> None:
-  del argv
+  cli.expect_no_arguments(argv)
   config = FLAGS.config
   with tempfile.TemporaryDirectory() as workdir:
-    if config.dataset == "synthetic" and not config.data_dir:
+    if registry.DATASETS[config.dataset].generated and not config.data_dir:
       config.data_dir = synthetic.data_dir_in(workdir)
     tokenizer = tokenizer_lib.load_or_build_tokenizer(config, config.data_dir, workdir)
     _report(config, tokenizer)
@@ -66,5 +65,4 @@ def _report(config, tokenizer: tokenizer_lib.Tokenizer) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

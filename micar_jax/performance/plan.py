@@ -11,7 +11,7 @@ cpu:8 (see micar_jax.performance.topology). A TPU topology needs the `tpu` extra
 The train step is the one training jits (micar_jax.training.steps.jit_train_step: same
 function, shardings and donation) and the decoder the one evaluation runs
 (config.eval.decode at config.eval.batch_size), both lowered on abstract
-inputs (ShapeDtypeStructs; the batch shaped by micar_jax.training.memory_check) and
+inputs (ShapeDtypeStructs of micar_jax.data.batch_spec's BatchSpec) and
 compiled for the topology's devices. Prints a table and then one JSON object
 (one line) with, per program: per-device bytes from XLA's memory analysis
 (arguments, outputs, temporaries, aliased, code, the total of the data
@@ -43,15 +43,14 @@ from typing import Any
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 from jax.sharding import Mesh
-from ml_collections import config_flags
 
-from micar_jax import decode, errors
-from micar_jax import main as cli
+from micar_jax import cli, decode, errors
 from micar_jax.config import defaults
 from micar_jax.core import sharding, summary
 from micar_jax.core import state as state_lib
+from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 from micar_jax.models import partitioning
 from micar_jax.performance import collectives, plan_report, roofline, stack_limit
@@ -64,17 +63,16 @@ TOP = 5
 
 def define_flags() -> None:
   """Declared only when run as a program, so importing this module defines no flags."""
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/<dataset>.py).",
-                                  lock_config=True)
+  cli.define_config_flag()
   flags.DEFINE_string("topology", None, "v5p-128, v5e-16, v6e-256, v5p:4x4x4, cpu:8, ...")
   flags.DEFINE_bool("search", False, "Rank every mesh at each of --batch_sizes.")
-  flags.DEFINE_list("batch_sizes", [], "Global batch sizes for --search "
-                    "(default: config.train.batch_size).")
+  cli.define_int_list("batch_sizes", [], "Global batch sizes for --search "
+                      "(default: config.train.batch_size).")
   flags.DEFINE_list("search_axes", list(partitioning.MESH_AXES),
                     "Mesh axes --search may make larger than 1 (fewer axes, fewer compiles).")
   flags.DEFINE_bool("decode", True, "Also compile the decoder (config.eval).")
   flags.DEFINE_bool("require_fit", False, "Exit 2 (one line) when the train step does not fit.")
-  flags.mark_flags_as_required(["config", "topology"])
+  flags.mark_flags_as_required(["topology"])
 
 
 @dataclasses.dataclass
@@ -122,10 +120,12 @@ def analyse(lowered: Any, num_devices: int) -> Program:
 
 def plan_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig,
                mesh: Mesh) -> Program:
-  """Compiles the train step exactly as training jits it, on abstract state and batch."""
+  """Compiles the train step exactly as training jits it, on abstract state and batch
+  (config.train.batch_size rows)."""
   # The schedule's steps per epoch change no shape; 1 stands in for the dataset's.
   tx = optim.make_optimizer(config, 1)
-  lowered = steps.lower_train_step(mc, tx, config, mesh, partitioning.logical_rules(), mc.max_len)
+  lowered = steps.lower_train_step(mc, tx, config, mesh, partitioning.logical_rules(),
+                                   batch_spec.BatchSpec.from_config(config))
   return analyse(lowered, mesh.size)
 
 
@@ -133,18 +133,16 @@ def plan_decode(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig,
                 mesh: Mesh) -> tuple[Program, int]:
   """Compiles config.eval.decode for a padded config.eval.batch_size; (program, batch)."""
   rules = partitioning.logical_rules()
-  init = state_lib.make_variables_init_fn(mc, config.data.image_size)
+  spec = batch_spec.BatchSpec.from_config(config, batch_size=config.eval.batch_size)
+  init = state_lib.make_variables_init_fn(mc, spec)
   variables = sharding.abstract_sharded(init, mesh, rules, jax.random.PRNGKey(0))
-  shards = sharding.batch_shards(mesh)
   # Evaluation pads its batches to a multiple of the batch shards (Run.put).
-  batch = -(-config.eval.batch_size // shards) * shards
-  images = jax.eval_shape(lambda: state_lib.dummy_inputs(mc, config.data.image_size, batch))[0]
-  images = jax.ShapeDtypeStruct(images.shape, images.dtype,
-                                sharding=sharding.batch_sharding(mesh))
+  spec = spec.padded(sharding.batch_shards(mesh))
+  images = spec.abstract(sharding.batch_sharding(mesh), keys=("images",))["images"]
   generate = decode.make_generate_fn(mc, config.eval)
   with partitioning.use_mesh(mesh, rules):
     lowered = generate.lower(variables["params"], variables["batch_stats"], images)
-  return analyse(lowered, mesh.size), batch
+  return analyse(lowered, mesh.size), spec.batch_size
 
 
 def model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
@@ -160,12 +158,10 @@ def _mesh(config: ml_collections.ConfigDict, devices: list[jax.Device]) -> Mesh:
   return sharding.make_mesh(config, devices)
 
 
-def _check_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-  shards = sharding.batch_shards(mesh)
-  if config.train.batch_size % shards:
-    raise errors.UserError(
-        f"train.batch_size={config.train.batch_size} does not split over the mesh's {shards} "
-        "batch shards (mesh data x fsdp x expert); use a multiple of it")
+def _check_batch(spec: batch_spec.BatchSpec, mesh: Mesh) -> None:
+  problem = spec.divisibility_problem(sharding.batch_shards(mesh))
+  if problem:
+    raise errors.UserError(problem)
 
 
 def program_json(program: Program, hbm_bytes: int | None) -> dict[str, Any]:
@@ -203,8 +199,9 @@ def plan(config: ml_collections.ConfigDict, topo: topology_lib.Topology,
   start = time.perf_counter()
   mc = model_config(config)
   mesh = _mesh(config, topology_lib.devices(topo))
-  _check_batch(config, mesh)
-  flops_per_image = summary.model_flops_per_image(mc, config.data.image_size)
+  spec = batch_spec.BatchSpec.from_config(config)
+  _check_batch(spec, mesh)
+  flops_per_image = summary.model_flops_per_image(mc, spec)
   train = train_json(config, mc, topo, mesh, plan_train(config, mc, mesh), flops_per_image)
   decode = None
   if with_decode:
@@ -268,7 +265,7 @@ def search(config: ml_collections.ConfigDict, topo: topology_lib.Topology,
   start = time.perf_counter()
   mc = model_config(config)
   devices = topology_lib.devices(topo)
-  flops_per_image = summary.model_flops_per_image(mc, config.data.image_size)
+  flops_per_image = summary.model_flops_per_image(mc, batch_spec.BatchSpec.from_config(config))
   candidates, unmappable = [], 0
   for batch_size in batch_sizes:
     for sizes in meshes(len(devices), mc.num_experts, batch_size, axes):
@@ -278,7 +275,7 @@ def search(config: ml_collections.ConfigDict, topo: topology_lib.Topology,
         trial.mesh[axis] = size
       try:
         mesh = _mesh(trial, devices)
-      except ValueError:  # no layout on the physical torus: not a candidate
+      except errors.ConfigError:  # no layout on the physical torus: not a candidate
         unmappable += 1
         continue
       candidates.append(train_json(trial, mc, topo, mesh, plan_train(trial, mc, mesh),
@@ -336,33 +333,25 @@ def _prepare_jax(topo: topology_lib.Topology) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    topo = topology_lib.parse(FLAGS.topology)
-    _prepare_jax(topo)
-    if FLAGS.search:
-      sizes = [int(b) for b in FLAGS.batch_sizes] or [FLAGS.config.train.batch_size]
-      result = search(FLAGS.config, topo, sizes, FLAGS.search_axes)
-      commands = [launch_overrides(_base_args(sys.argv), c) for c in result["ranked"][:TOP]]
-      for c, command in zip(result["ranked"], commands):
-        c["command"] = command
-      print(plan_report.format_search(result, commands))
-    else:
-      result = plan(FLAGS.config, topo, FLAGS.decode)
-      print(plan_report.format_plan(result))
-  except (errors.UserError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  cli.expect_no_arguments(argv)
+  topo = topology_lib.parse(FLAGS.topology)
+  _prepare_jax(topo)
+  if FLAGS.search:
+    sizes = [int(b) for b in FLAGS.batch_sizes] or [FLAGS.config.train.batch_size]
+    result = search(FLAGS.config, topo, sizes, FLAGS.search_axes)
+    commands = [launch_overrides(_base_args(sys.argv), c) for c in result["ranked"][:TOP]]
+    for c, command in zip(result["ranked"], commands):
+      c["command"] = command
+    print(plan_report.format_search(result, commands))
+  else:
+    result = plan(FLAGS.config, topo, FLAGS.decode)
+    print(plan_report.format_plan(result))
   print(json.dumps(result))
   problem = None if FLAGS.search else shortfall(result)
   if FLAGS.require_fit and problem:
-    print(f"error: {problem}", file=sys.stderr)
-    sys.exit(2)
-
+    cli.fail(problem)
 
 
 def program() -> None:
   """Runs the program (`python -m micar_jax.plan`)."""
-  define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags)

@@ -21,7 +21,7 @@ from micar_jax.performance import chips, collectives
 
 NOTE = ("estimates: roofline lower bounds, max(FLOPs / peak, XLA bytes accessed / HBM "
         "bandwidth, collective bytes sent / ICI bandwidth), from the chip table "
-        "(micar_jax/chips.py); real steps are slower")
+        "(micar_jax/performance/chips.py); real steps are slower")
 
 
 def _ratio(amount: float, rate: float | None) -> float | None:

@@ -1,5 +1,7 @@
 """Compiling and timing the jitted train step on random batches (for the benchmark).
 
+The batches are `BatchSpec.random`: full-length rows of random data.
+
 Compile times are lowering + XLA compilation; with a persistent compilation
 cache (`use_compilation_cache`) a program compiled before loads from disk
 instead, and `compile_timed` says so, since that time is then a load time.
@@ -16,6 +18,7 @@ import numpy as np
 
 from micar_jax.core import sharding
 from micar_jax.core import state as state_lib
+from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 from micar_jax.models import partitioning
 from micar_jax.training import memory_check, optim, steps
@@ -32,24 +35,6 @@ class TrainRun:
   batch: dict[str, jax.Array]
   compile_s: float
   cache_hit: bool
-
-
-def random_batch(mc: model_lib.ModelConfig, image_size: int, batch: int,
-                 seed: int = 0) -> dict[str, np.ndarray]:
-  """A full-length training batch of random data.
-
-  Returns:
-    images float32 [batch, H, W, 3] (or [batch, V, H, W, 3]), input_ids,
-    labels and pad_mask int32 [batch, max_len] (no padding, ids >= 4 so that
-    no label is `<pad>`).
-  """
-  rng = np.random.default_rng(seed)
-  shape = (batch, image_size, image_size, 3)
-  if mc.num_views > 1:
-    shape = (batch, mc.num_views) + shape[1:]
-  ids = rng.integers(4, mc.vocab_size, (batch, mc.max_len + 1), dtype=np.int32)
-  return {"images": rng.standard_normal(shape, np.float32), "input_ids": ids[:, :-1],
-          "labels": ids[:, 1:], "pad_mask": np.ones((batch, mc.max_len), np.int32)}
 
 
 def use_compilation_cache(folder: str) -> None:
@@ -74,23 +59,23 @@ def compile_timed(lower: Callable[[], jax.stages.Lowered]) -> tuple[Any, float, 
 
 
 def estimate_memory(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
-                    batch_size: int) -> int | None:
-  """XLA's memory estimate of the train step at batch_size, compiled on shapes, never run."""
+                    spec: batch_spec.BatchSpec) -> int | None:
+  """XLA's memory estimate of the train step on `spec`'s batch, compiled on shapes, never run."""
   tx = optim.make_optimizer(config, 1000)
   compiled, _, _ = compile_timed(
-      lambda: steps.lower_train_step(mc, tx, config, mesh, rules, mc.max_len, batch_size))
+      lambda: steps.lower_train_step(mc, tx, config, mesh, rules, spec))
   return memory_check.compiled_bytes(compiled)
 
 
 def compile_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
-                  batch_size: int) -> TrainRun:
-  """Initialises a sharded state, a random batch of batch_size, and compiles the step
+                  spec: batch_spec.BatchSpec) -> TrainRun:
+  """Initialises a sharded state and a random batch (`spec.random`) and compiles the step
   training jits (steps.jit_train_step)."""
   tx = optim.make_optimizer(config, 1000)
-  init_fn = state_lib.make_init_fn(mc, tx, config.data.image_size)
+  init_fn = state_lib.make_init_fn(mc, tx, spec)
   state, state_shardings = sharding.init_sharded(init_fn, mesh, rules,
                                                  jax.random.PRNGKey(config.seed))
-  batch = sharding.global_batch(random_batch(mc, config.data.image_size, batch_size), mesh)
+  batch = sharding.global_batch(spec.random(mc.vocab_size), mesh)
   jitted = steps.jit_train_step(mc, tx, config, state_shardings, mesh)
   with partitioning.use_mesh(mesh, rules):
     step, compile_s, hit = compile_timed(lambda: jitted.lower(state, batch))
@@ -107,15 +92,17 @@ def time_steps(run: TrainRun, n: int) -> tuple[float, dict[str, Any]]:
 
 
 def time_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig, mesh, rules,
-               batch_size: int, steps_timed: int, warmup: int) -> tuple[dict[str, Any], TrainRun]:
-  """Compiles and times the train step at batch_size: (its figures, the run)."""
-  run = compile_train(config, mc, mesh, rules, batch_size)
+               spec: batch_spec.BatchSpec, steps_timed: int,
+               warmup: int) -> tuple[dict[str, Any], TrainRun]:
+  """Compiles and times the train step on `spec`'s random batch: (its figures, the run)."""
+  run = compile_train(config, mc, mesh, rules, spec)
   if warmup:
     time_steps(run, warmup)
   step_s, metrics = time_steps(run, steps_timed)
   loss = float(metrics["loss"])
   if not np.isfinite(loss):
     raise ValueError(f"the train loss is {loss} after {steps_timed} steps")
+  batch_size = spec.batch_size
   return {
       "batch_size": batch_size, "steps": steps_timed, "warmup": warmup,
       "images_per_s": batch_size / step_s, "step_ms": 1e3 * step_s,

@@ -147,11 +147,11 @@ class Engine:
     Args:
       stop: once set, returns after the compile in progress.
     """
-    size = self.config.data.image_size
     for batch in self.batcher.sizes:
       if stop is not None and stop.is_set():
         break
-      self._decode_batch(np.zeros((batch, size, size, 3), np.float32), 0)
+      spec = self.run.batch_spec.with_batch_size(batch)
+      self._decode_batch(spec.zeros(("images",))["images"], 0)
 
   def close(self) -> None:
     self.batcher.close()

@@ -24,13 +24,12 @@ Exit status 0 when everything agrees, 1 otherwise, 2 for a usage problem.
 
 import dataclasses
 import os
-import sys
 import time
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from micar_jax import cli, errors
 from micar_jax.data.tokenizer import EOS, PAD, SOS
 from micar_jax.tools import parity_train
 from micar_jax.tools.torch_reference import build_reference, import_torch, random_inputs
@@ -43,7 +42,7 @@ _DEFAULT_CONFIG = os.path.join(
 def define_flags() -> None:
   """Declares the flags (only when run as a program: tests import this module)."""
   flags.DEFINE_string("reference_src", None, "Checkout of the reference code.")
-  config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Dataset config.")
+  cli.define_config_flag(required=False, default=_DEFAULT_CONFIG, help_text="Dataset config.")
   flags.DEFINE_integer("image_size", 224, "Square image side (64 keeps CPU runs short).")
   flags.DEFINE_integer("batch", 2, "Images per comparison.")
   flags.DEFINE_integer("vocab_size", 229, "Vocabulary size of the random model.")
@@ -87,11 +86,7 @@ def compare(reference_src: str, config, image_size: int, batch: int, vocab_size:
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
 
-  from micar_jax import (  # pylint: disable=g-import-not-at-top
-    convert,
-    decode,
-    errors,  # pylint: disable=g-import-not-at-top
-  )
+  from micar_jax import convert, decode  # pylint: disable=g-import-not-at-top
   from micar_jax.models import model as model_lib  # pylint: disable=g-import-not-at-top
   seq_len = config.data.text_seq_len
   steps = decode_len or seq_len
@@ -148,30 +143,20 @@ def compare(reference_src: str, config, image_size: int, batch: int, vocab_size:
   return logits_ok and same
 
 
-def main(argv: list[str]) -> None:
-  from micar_jax import errors  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-    sys.exit(2)
+def main(argv: list[str]) -> int:
+  cli.expect_no_arguments(argv)
   f = flags.FLAGS
   if not f.reference_src:
-    print("error: --reference_src=PATH (a checkout of the reference code) is required",
-          file=sys.stderr)
-    sys.exit(2)
-  try:
-    if f.train_steps:
-      ok = parity_train.compare_training(f.reference_src, f.config, f.image_size, f.batch,
-                                         f.vocab_size, f.seed, f.train_steps, f.train_dtype,
-                                         f.train_tolerance, f.train_noise_floor)
-    else:
-      ok = compare(f.reference_src, f.config, f.image_size, f.batch, f.vocab_size,
-                   f.decode_len, f.seed, f.tolerance)
-  except (errors.UserError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  sys.exit(0 if ok else 1)
+    raise errors.UserError("--reference_src=PATH (a checkout of the reference code) is required")
+  if f.train_steps:
+    ok = parity_train.compare_training(f.reference_src, f.config, f.image_size, f.batch,
+                                       f.vocab_size, f.seed, f.train_steps, f.train_dtype,
+                                       f.train_tolerance, f.train_noise_floor)
+  else:
+    ok = compare(f.reference_src, f.config, f.image_size, f.batch, f.vocab_size,
+                 f.decode_len, f.seed, f.tolerance)
+  return 0 if ok else 1
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

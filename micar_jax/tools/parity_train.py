@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from micar_jax import errors
 from micar_jax.data.tokenizer import PAD
 from micar_jax.tools import torch_reference
 
@@ -168,9 +169,9 @@ def compare_training(reference_src: str, config, image_size: int, batch: int, vo
   amplify it).
   """
   if dtype not in ("float32", "float64"):
-    raise ValueError(f"--train_dtype must be float32 or float64, got {dtype!r}")
+    raise errors.UserError(f"--train_dtype must be float32 or float64, got {dtype!r}")
   if steps < 1:
-    raise ValueError(f"--train_steps must be >= 1, got {steps}")
+    raise errors.UserError(f"--train_steps must be >= 1, got {steps}")
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_enable_x64", dtype == "float64")
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

@@ -14,14 +14,18 @@ torch gives the same bits at every CPU capability level (default, AVX2, AVX512).
 import math
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from micar_jax import errors
+from micar_jax import cli, errors
 
-_OUT = flags.DEFINE_string("out", "micar_jax/models/reference_sinusoid_512.npy",
-                           "Where to write the [length, d_model] float32 table (.npy).")
-_LENGTH = flags.DEFINE_integer("length", 256, "Positions (rows) in the table.")
-_D_MODEL = flags.DEFINE_integer("d_model", 512, "Model width (columns).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("out", "micar_jax/models/reference_sinusoid_512.npy",
+                      "Where to write the [length, d_model] float32 table (.npy).")
+  flags.DEFINE_integer("length", 256, "Positions (rows) in the table.")
+  flags.DEFINE_integer("d_model", 512, "Model width (columns).")
 
 
 def torch_table(length: int, d_model: int) -> np.ndarray:
@@ -39,11 +43,10 @@ def torch_table(length: int, d_model: int) -> np.ndarray:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  np.save(_OUT.value, torch_table(_LENGTH.value, _D_MODEL.value))
-  print(f"wrote {_OUT.value}")
+  cli.expect_no_arguments(argv)
+  np.save(FLAGS.out, torch_table(FLAGS.length, FLAGS.d_model))
+  print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, define_flags)

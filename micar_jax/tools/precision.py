@@ -20,10 +20,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from micar_jax import cli, errors
 from micar_jax.config import defaults
 from micar_jax.core import sharding
+from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 from micar_jax.models import partitioning
 from micar_jax.performance import bench, timing
@@ -33,11 +35,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Declared only when run as a program, so importing this module defines no flags."""
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  config_flags.DEFINE_config_file("config", None, "Config file whose dtype is compared.",
-                                  lock_config=True)
+  cli.define_config_flag(help_text="Config file whose dtype is compared.")
   flags.DEFINE_integer("steps", 5, "Train steps of each run.")
-  flags.mark_flags_as_required(["config"])
 
 
 def eval_logits(mc: model_lib.ModelConfig, state: Any, batch: dict[str, np.ndarray]
@@ -62,8 +61,9 @@ def train_and_probe(config: ml_collections.ConfigDict, steps: int
   mc = model_lib.ModelConfig.from_config(config, vocab)
   mesh = sharding.make_mesh(config, jax.devices()[:1])
   rules = partitioning.logical_rules()
-  probe = timing.random_batch(mc, config.data.image_size, config.eval.batch_size, seed=1)
-  run = timing.compile_train(config, mc, mesh, rules, config.train.batch_size)
+  spec = batch_spec.BatchSpec.from_config(config)
+  probe = spec.with_batch_size(config.eval.batch_size).random(mc.vocab_size, seed=1)
+  run = timing.compile_train(config, mc, mesh, rules, spec)
   with partitioning.use_mesh(mesh, rules):
     before = eval_logits(mc, run.state, probe)
     losses = [float(timing.time_steps(run, 1)[1]["loss"]) for _ in range(steps)]
@@ -74,7 +74,7 @@ def train_and_probe(config: ml_collections.ConfigDict, steps: int
 def compare(config: ml_collections.ConfigDict, steps: int) -> dict[str, Any]:
   """The JSON-ready comparison of config's dtype with float32 (module docstring)."""
   if steps < 1:
-    raise ValueError(f"--steps must be >= 1, got {steps}")
+    raise errors.UserError(f"--steps must be >= 1, got {steps}")
   config = config.copy_and_resolve_references()
   dtype = config.model.dtype
   reference = config.copy_and_resolve_references()
@@ -91,11 +91,9 @@ def compare(config: ml_collections.ConfigDict, steps: int) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.expect_no_arguments(argv)
   bench.print_json(lambda: compare(FLAGS.config, FLAGS.steps))
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

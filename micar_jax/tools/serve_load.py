@@ -10,12 +10,13 @@ Prints reports/s for both ways and the batches the server ran for each
 import concurrent.futures
 import json
 import os
-import sys
 import time
 import urllib.request
 import uuid
 
-from absl import app, flags
+from absl import flags
+
+from micar_jax import cli, errors
 
 flags.DEFINE_string("url", "http://127.0.0.1:8080", "Base URL of the server.")
 flags.DEFINE_string("images", None, "Folder of PNG/JPEG images to upload.")
@@ -58,13 +59,13 @@ def measure(url: str, paths: list[str], together: bool) -> tuple[float, int]:
 
 
 def main(argv) -> None:
-  del argv
+  cli.expect_no_arguments(argv)
   if not FLAGS.images or not os.path.isdir(FLAGS.images):
-    sys.exit("error: --images must be a folder of PNG/JPEG files")
+    raise errors.UserError("--images must be a folder of PNG/JPEG files")
   files = sorted(os.path.join(FLAGS.images, n) for n in os.listdir(FLAGS.images)
                  if os.path.splitext(n)[1].lower() in TYPES)
   if not files:
-    sys.exit(f"error: no PNG/JPEG files in {FLAGS.images}")
+    raise errors.UserError(f"no PNG/JPEG files in {FLAGS.images}")
   paths = [files[i % len(files)] for i in range(FLAGS.n)]
   upload(FLAGS.url, paths[0])  # the server compiles before its first answer
   for name, together in (("one at a time", False), ("concurrent", True)):
@@ -73,4 +74,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -20,7 +20,6 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from micar_jax import errors
@@ -55,26 +54,6 @@ class Estimate:
   @property
   def tight(self) -> bool:
     return self.available is not None and self.needed > TIGHT * self.available
-
-
-def abstract_batch(config: ml_collections.ConfigDict, text_seq_len: int, sharding: Any,
-                   batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of one global train batch (as input_pipeline yields it after `Run.put`).
-
-  B is batch_size, by default config.train.batch_size.
-
-  images [B, S, S, 3] (or [B, V, S, S, 3]) float32; input_ids, pad_mask, labels
-  [B, T] int32; valid [B] bool; index [B] int32.
-  """
-  b = config.train.batch_size if batch_size is None else batch_size
-  s = config.data.image_size
-  views = (config.data.num_views,) if config.data.num_views > 1 else ()
-  spec = {"images": ((b, *views, s, s, 3), jnp.float32),
-          "input_ids": ((b, text_seq_len), jnp.int32), "pad_mask": ((b, text_seq_len), jnp.int32),
-          "labels": ((b, text_seq_len), jnp.int32), "valid": ((b,), jnp.bool_),
-          "index": ((b,), jnp.int32)}
-  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-          for k, (shape, dtype) in spec.items()}
 
 
 def memory_breakdown(compiled: Any) -> dict[str, int] | None:

@@ -16,9 +16,9 @@ import optax
 
 from micar_jax.core import sharding
 from micar_jax.core.state import TrainState, make_init_fn
+from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 from micar_jax.models import partitioning
-from micar_jax.training import memory_check
 
 Array = jax.Array
 
@@ -137,21 +137,20 @@ def jit_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
 
 def lower_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
                      config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                     rules: partitioning.LogicalRules, text_seq_len: int,
-                     batch_size: int | None = None) -> jax.stages.Lowered:
+                     rules: partitioning.LogicalRules,
+                     spec: batch_spec.BatchSpec) -> jax.stages.Lowered:
   """`jit_train_step` lowered on shapes alone (no state, no batch exists yet).
 
   Training compiles this before it initialises anything (and checks its memory),
   the planner compiles it for TPU topologies, the benchmark reads its memory.
 
   Args:
-    text_seq_len: T of the batch's [B, T] token arrays.
-    batch_size: global B (default config.train.batch_size).
+    spec: the global train batch (`spec.abstract`, split over the batch axes);
+      also the shapes the state is initialised for.
   """
-  init_fn = make_init_fn(mc, tx, config.data.image_size)
+  init_fn = make_init_fn(mc, tx, spec)
   state = sharding.abstract_sharded(init_fn, mesh, rules, jax.random.PRNGKey(config.seed))
-  batch = memory_check.abstract_batch(config, text_seq_len, sharding.batch_sharding(mesh),
-                                         batch_size)
+  batch = spec.abstract(sharding.batch_sharding(mesh))
   jitted = jit_train_step(mc, tx, config, jax.tree.map(lambda s: s.sharding, state), mesh)
   with partitioning.use_mesh(mesh, rules):
     return jitted.lower(state, batch)

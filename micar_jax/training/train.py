@@ -144,21 +144,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The test scores (also written to workdir/test/scores.json).
 
   Raises:
-    ValueError: config.train.select_suite/select_key name no metric (one line).
+    errors.ConfigError: config.train.select_suite/select_key name no metric (one line).
     stopping.Diverged: non-finite steps beyond train.skip_nonfinite_steps.
     stopping.Interrupted: SIGINT/SIGTERM (after saving the latest checkpoint).
   """
   scores_lib.check_selection(config.train.select_suite, config.train.select_key)
   run = run_lib.Run(config, workdir)
   config = run.config
-  shards = sharding.batch_shards(run.mesh)
-  if config.train.batch_size % shards:
-    raise errors.UserError(
-        f"train.batch_size={config.train.batch_size} does not split over the mesh's {shards} "
-        "batch shards (mesh data x fsdp x expert); use a multiple of it")
+  problem = run.batch_spec.divisibility_problem(sharding.batch_shards(run.mesh))
+  if problem:
+    raise errors.UserError(problem)
   tx_steps = input_pipeline.steps_per_epoch(config, len(sources.open_split(config, "train")))
   tx = optim.make_optimizer(config, tx_steps)
-  init_fn = state_lib.make_init_fn(run.model_config, tx, config.data.image_size)
+  init_fn = state_lib.make_init_fn(run.model_config, tx, run.batch_spec)
   train_step = _compile_train_step(run, tx)
   with status.phase("initialising the model", run.is_lead), partitioning.use_mesh(run.mesh,
                                                                              run.rules):
@@ -245,7 +243,7 @@ def _compile_train_step(run: run_lib.Run, tx: optax.GradientTransformation):
   memory_check.check_mode(run.config)
   with status.phase("compiling the train step", run.is_lead) as info:
     compiled = steps.lower_train_step(run.model_config, tx, run.config, run.mesh, run.rules,
-                                      run.tokenizer.text_seq_len).compile()
+                                      run.batch_spec).compile()
     per_device = memory_check.compiled_bytes(compiled)
     if per_device is not None:
       est = memory_check.estimate(per_device, run.mesh.local_devices)

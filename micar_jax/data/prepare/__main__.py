@@ -6,12 +6,13 @@ get it and the exact files and folders RAW must hold. OUT gets
 `--dataset=synthetic` takes `--sizes=TRAIN,VAL,TEST --seed=N --image_size=PX` instead of --raw_dir.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from micar_jax import errors
+from micar_jax import cli, errors
 from micar_jax.data import prepare, registry
+
+# The dataset made by a generator; --sizes, --seed and --image_size are its flags.
+_GENERATED = next(d for d in registry.DATASETS.values() if d.generated)
 
 _DATASET = flags.DEFINE_enum("dataset", None, list(prepare.DATASETS), "Dataset to prepare.")
 _RAW_DIR = flags.DEFINE_string(
@@ -19,7 +20,7 @@ _RAW_DIR = flags.DEFINE_string(
     "docs/datasets.md.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder (must not exist or be empty).")
 _STRICT = flags.DEFINE_bool("strict", False, "Fail on the first bad row instead of leaving it out.")
-_SIZES = flags.DEFINE_list("sizes", list(map(str, registry.DATASETS["synthetic"].generated_sizes)),
+_SIZES = flags.DEFINE_list("sizes", list(map(str, _GENERATED.generated_sizes)),
                           "synthetic: train,val,test examples.")
 _SEED = flags.DEFINE_integer("seed", 0, "synthetic: random seed.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "synthetic: image side in pixels.")
@@ -28,7 +29,7 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "synthetic: image side in p
 def _run() -> prepare.Result:
   if not _DATASET.value or not _OUT_DIR.value:
     raise errors.UserError("--dataset and --out_dir are required")
-  if _DATASET.value == "synthetic":
+  if registry.DATASETS[_DATASET.value].generated:
     try:
       sizes = tuple(int(s) for s in _SIZES.value)
     except ValueError:
@@ -42,16 +43,10 @@ def _run() -> prepare.Result:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    result = _run()
-  except (errors.UserError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  for line in result.summary:
+  cli.expect_no_arguments(argv)
+  for line in _run().summary:
     print(line)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
