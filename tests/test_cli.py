@@ -4,6 +4,7 @@ import concurrent.futures
 import errno
 import glob
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -156,3 +157,10 @@ def test_arguments_besides_flags_are_a_user_error():
   cli.expect_no_arguments(["prog"])
   with pytest.raises(errors.UserError, match="unexpected arguments: a b"):
     cli.expect_no_arguments(["prog", "a", "b"])
+
+
+def test_ci_runs_exactly_the_readmes_test_command_with_the_linter_first():
+  root = pathlib.Path(__file__).parent.parent
+  ci = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
+  assert ci in (root / "README.md").read_text()
+  assert ci.index("ruff check .") < ci.index("python -m pytest tests")
