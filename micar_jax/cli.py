@@ -33,7 +33,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from micar_jax import errors
-from micar_jax.training import stopping
 
 EXIT_USER_ERROR = 2
 _HELP = ("--help", "-help", "-h", "-?", "--helpshort")
@@ -145,7 +144,7 @@ def error_tail() -> Iterator[None]:
     yield
   except errors.UserError as e:
     fail(str(e))
-  except stopping.Interrupted as e:
+  except errors.Interrupted as e:
     print(e, file=sys.stderr)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:

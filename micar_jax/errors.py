@@ -13,6 +13,7 @@ and a few narrower ones next to their users (convert, prepare).
 """
 
 import errno
+import signal
 import threading
 
 from absl import logging
@@ -29,6 +30,20 @@ class ConfigError(UserError, ValueError):
   a module needs no import of the validation table to report one. A ValueError
   too: library callers that try a value and catch ValueError keep working.
   """
+
+
+class Interrupted(Exception):
+  """SIGINT or SIGTERM ended the run; the process exits 128 + signal (130 / 143).
+
+  Not a UserError: the command line prints its message with its own exit code.
+  """
+
+  def __init__(self, signum: int, detail: str = "", safe: bool = False):
+    # `safe`: raised between two steps or batches, where the state can be saved.
+    self.signum, self.safe = signum, safe
+    self.exit_code = 128 + signum
+    name = signal.Signals(signum).name
+    super().__init__(f"interrupted by {name}" + (f" {detail}" if detail else ""))
 
 
 def is_disk_full(error: BaseException | None) -> bool:

@@ -13,7 +13,6 @@ import sys
 import pytest
 
 from micar_jax import cli, errors
-from micar_jax.training import stopping
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `python -m micar_jax.<module>` as the docs and launch scripts write it.
@@ -66,7 +65,7 @@ RAISE = {
     "value": lambda: ValueError("a genuine bug"),
     "type": lambda: TypeError("another bug"),
     "disk": lambda: OSError(errno.ENOSPC, "No space left on device", "/run/ckpt"),
-    "term": lambda: stopping.Interrupted(signal.SIGTERM),
+    "term": lambda: errors.Interrupted(signal.SIGTERM),
     "keyboard": lambda: KeyboardInterrupt(),
 }
 
@@ -140,7 +139,7 @@ def test_error_tail_in_process(capsys):
   assert caught.value.code == 2
   assert capsys.readouterr().err == "error: config mesh.data=3 does not divide 8 devices\n"
   with pytest.raises(SystemExit) as caught, cli.error_tail():
-    raise stopping.Interrupted(signal.SIGINT)
+    raise errors.Interrupted(signal.SIGINT)
   assert caught.value.code == 130
   # tensorstore reports a full disk inside a ValueError.
   with pytest.raises(SystemExit) as caught, cli.error_tail():

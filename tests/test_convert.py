@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from micar_jax import errors
-from micar_jax.convert import names, official
+from micar_jax.convert import official
+from micar_jax.core import weights
 from micar_jax.models import attention, moe
 from micar_jax.models import model as model_lib
 
@@ -228,7 +229,7 @@ def test_mismatches_are_reported_together(setup):
   bad["proj.1.weight"] = np.zeros((3, 4), np.float32)
   bad["encoder.layers.0.self_attention.rope.freqs"] = sd[
       "encoder.layers.0.self_attention.rope.freqs"] * 2
-  with pytest.raises(names.MismatchError) as info:
+  with pytest.raises(weights.MismatchError) as info:
     official.official_state_dict_to_variables(bad, config)
   e = info.value
   assert isinstance(e, errors.UserError)
@@ -246,7 +247,7 @@ def test_config_mismatch_is_named(setup, load_config):
   config = load_config("configs/covctr.py:tiny")
   config.data.text_seq_len = 60
   config.model.num_layers = 2
-  with pytest.raises(names.MismatchError) as info:
+  with pytest.raises(weights.MismatchError) as info:
     official.official_state_dict_to_variables(sd, config)
   assert "encoder.layers.1.norm_sa.weight" in info.value.missing
   assert any(w.startswith("text_embs.pe.pe (1, 80, 32) expected (1, 60, 32)")
@@ -255,6 +256,6 @@ def test_config_mismatch_is_named(setup, load_config):
 
 def test_not_a_model_state_dict(setup):
   config, _, _ = setup
-  with pytest.raises(names.MismatchError, match="not a MicarVLMoE state dict: 1 missing: "
+  with pytest.raises(weights.MismatchError, match="not a MicarVLMoE state dict: 1 missing: "
                                                 "text_embs.embedding.weight"):
     official.official_state_dict_to_variables({"conv1.weight": np.zeros((8, 3, 7, 7))}, config)

@@ -14,6 +14,7 @@ import pytest
 from micar_jax import errors
 from micar_jax.convert import __main__ as cli
 from micar_jax.convert import io, names, official, torchvision_resnet
+from micar_jax.core import weights
 from micar_jax.models import model as model_lib
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -52,11 +53,11 @@ def test_torchvision_resnet_round_trip(tmp_path, model_shapes, monkeypatch):
   safetensors_numpy.save_file(sd, path)
   out = str(tmp_path / "resnet")
   assert "--config.model.vision_init_from=" in cli.convert_torchvision(path, out)
-  with open(os.path.join(out, io.RESNET_JSON)) as f:
+  with open(os.path.join(out, weights.RESNET_JSON)) as f:
     assert json.load(f) == {"depth": None, "stage_sizes": [1, 1, 1, 1], "width": 8,
                             "source": "resnet.safetensors"}
   monkeypatch.chdir(tmp_path)  # --config.model.vision_init_from=resnet, relative to the cwd
-  variables = io.load_vision_init("resnet", zeros_like_model(model_shapes))
+  variables = weights.load_vision_init("resnet", zeros_like_model(model_shapes))
   for (collection, *rest), value in flat.items():
     got = variables[collection]["vis_enc"]["backbone"]
     for key in rest:
@@ -76,8 +77,8 @@ def test_vision_init_reports_config_mismatch(tmp_path, load_config):
   config.model.resnet_width = 16
   config.model.resnet_stages = (1, 2, 1, 1)
   shapes = official.variable_shapes(model_lib.ModelConfig.from_config(config, VOCAB))
-  with pytest.raises(names.MismatchError) as info:
-    io.load_vision_init(out, zeros_like_model(shapes))
+  with pytest.raises(weights.MismatchError) as info:
+    weights.load_vision_init(out, zeros_like_model(shapes))
   e = info.value
   assert "params/stage2_block1/conv1/kernel" in e.missing
   assert "params/stem_conv/kernel (7, 7, 3, 8) expected (7, 7, 3, 16)" in e.wrong
@@ -85,14 +86,14 @@ def test_vision_init_reports_config_mismatch(tmp_path, load_config):
 
 
 def test_torchvision_errors():
-  with pytest.raises(names.MismatchError,
+  with pytest.raises(weights.MismatchError,
                      match="not a torchvision ResNet state dict: 5 missing: conv1.weight"):
     torchvision_resnet.state_dict_to_backbone({"weight": np.zeros(3)})
   sd, _ = torchvision_state_dict()
   del sd["layer2.0.bn1.running_var"]
   sd["layer2.0.bn1.weight"] = np.zeros(3, np.float32)
   sd["layer9.extra"] = np.zeros(1, np.float32)
-  with pytest.raises(names.MismatchError) as info:
+  with pytest.raises(weights.MismatchError) as info:
     torchvision_resnet.state_dict_to_backbone(sd)
   assert info.value.missing == ["layer2.0.bn1.running_var"]
   assert info.value.unexpected == ["layer9.extra"]
@@ -114,7 +115,7 @@ def test_official_round_trip_through_files(tmp_path, model_shapes, monkeypatch, 
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           zeros_like_model(model_shapes))
   monkeypatch.chdir(tmp_path)  # --config.init_from=converted, relative to the cwd
-  restored = flax.traverse_util.flatten_dict(io.load_model_init("converted", abstract))
+  restored = flax.traverse_util.flatten_dict(weights.load_model_init("converted", abstract))
   assert set(restored) == set(flat)
   for k, value in flat.items():
     np.testing.assert_array_equal(np.asarray(restored[k]), value, err_msg=str(k))
@@ -125,8 +126,8 @@ def test_official_round_trip_through_files(tmp_path, model_shapes, monkeypatch, 
 
   config.model.num_layers = 2
   shapes = official.variable_shapes(model_lib.ModelConfig.from_config(config, VOCAB))
-  with pytest.raises(names.MismatchError) as info:
-    io.load_model_init(out, zeros_like_model(shapes))
+  with pytest.raises(weights.MismatchError) as info:
+    weights.load_model_init(out, zeros_like_model(shapes))
   assert "params/decoder_1/moe/w1" in info.value.missing
   assert str(info.value).startswith(f"converted model {out} does not fit this config")
 
@@ -134,7 +135,7 @@ def test_official_round_trip_through_files(tmp_path, model_shapes, monkeypatch, 
 def test_missing_imagenet_weights_name_the_convert_command(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   with pytest.raises(errors.UserError) as info:
-    io.load_vision_init("weights/resnet101_imagenet1k_v2", {})
+    weights.load_vision_init("weights/resnet101_imagenet1k_v2", {})
   message = str(info.value)
   assert "\n" not in message
   assert ("python -m micar_jax.convert torchvision-resnet --weights=resnet101-cd907fc2.pth "
@@ -144,7 +145,7 @@ def test_missing_imagenet_weights_name_the_convert_command(tmp_path, monkeypatch
 
 def test_load_errors(tmp_path):
   with pytest.raises(errors.UserError, match="is not a converted folder"):
-    io.load_model_init(str(tmp_path), {})
+    weights.load_model_init(str(tmp_path), {})
   with pytest.raises(errors.UserError, match="no such file"):
     io.read_state_dict(str(tmp_path / "absent.safetensors"))
   junk = tmp_path / "junk.safetensors"
@@ -174,14 +175,14 @@ def _run_cli(*args):
 
 def test_command_line(tmp_path):
   sd, _ = torchvision_state_dict()
-  weights = str(tmp_path / "resnet.safetensors")
-  safetensors_numpy.save_file(sd, weights)
+  weights_file = str(tmp_path / "resnet.safetensors")
+  safetensors_numpy.save_file(sd, weights_file)
   out = str(tmp_path / "resnet")
-  done = _run_cli("torchvision-resnet", f"--weights={weights}", f"--out={out}")
+  done = _run_cli("torchvision-resnet", f"--weights={weights_file}", f"--out={out}")
   assert done.returncode == 0, done.stderr
-  assert os.path.isdir(os.path.join(out, io.BACKBONE_DIR))
+  assert os.path.isdir(os.path.join(out, weights.BACKBONE_DIR))
 
-  bad = _run_cli("official", f"--checkpoint={weights}", f"--token2id={weights}",
+  bad = _run_cli("official", f"--checkpoint={weights_file}", f"--token2id={weights_file}",
                  "--config=configs/covctr.py:tiny", f"--out={tmp_path / 'x'}")
   assert bad.returncode == 2
   lines = bad.stderr.strip().splitlines()

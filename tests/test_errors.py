@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from micar_jax import errors
+from micar_jax.core import weights
 
 
 def test_is_disk_full_finds_enospc_in_the_chain_or_the_text():
@@ -53,16 +54,15 @@ def test_thread_dying_of_a_full_disk_logs_one_line_others_go_to_the_previous_hoo
 
 def test_the_projects_user_errors_share_one_base_class():
   from micar_jax.config import validation
-  from micar_jax.convert import names
   from micar_jax.core import checkpointing
   from micar_jax.data import images, jsonl, sources
   from micar_jax.training import stopping
   for cls in (errors.ConfigError, validation.ConfigError, images.ImageError,
               jsonl.MissingDataError, sources.MissingDataError, stopping.Diverged,
-              checkpointing.DiskFullError, names.MismatchError):
+              checkpointing.DiskFullError, weights.MismatchError):
     assert issubclass(cls, errors.UserError), cls
   # Signals are no user error: the command line ends them with their own exit code.
-  assert not issubclass(stopping.Interrupted, errors.UserError)
+  assert not issubclass(errors.Interrupted, errors.UserError)
   # Callers that catch these by their standard class keep working.
   assert issubclass(images.ImageError, ValueError)
   assert issubclass(errors.ConfigError, ValueError)

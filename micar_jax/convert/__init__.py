@@ -7,16 +7,14 @@
       A released MicarVLMoE model for `--config.init_from=DIR`.
 
 Python API: `official_state_dict_to_variables`, `variables_to_official_state_dict`,
-`load_vision_init`, `load_model_init`, `read_state_dict`.
+`read_state_dict`; the converted folders load with micar_jax.core.weights.
 """
 
-from micar_jax.convert.io import load_model_init, load_vision_init, read_state_dict
-from micar_jax.convert.names import MismatchError
+from micar_jax.convert.io import read_state_dict
 from micar_jax.convert.official import (
                                         official_state_dict_to_variables,
                                         variables_to_official_state_dict,
 )
 
-__all__ = ["MismatchError", "load_model_init", "load_vision_init",
-           "official_state_dict_to_variables", "read_state_dict",
+__all__ = ["official_state_dict_to_variables", "read_state_dict",
            "variables_to_official_state_dict"]

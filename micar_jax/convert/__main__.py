@@ -7,6 +7,7 @@ import shutil
 from absl import flags
 
 from micar_jax import cli, errors
+from micar_jax.core import weights as weights_lib
 
 _COMMANDS = ("torchvision-resnet", "official")
 
@@ -32,8 +33,8 @@ def convert_torchvision(weights: str, out: str) -> str:
   from micar_jax.convert import io, torchvision_resnet  # pylint: disable=g-import-not-at-top
   stages, width, tree = torchvision_resnet.state_dict_to_backbone(io.read_state_dict(weights))
   depth = torchvision_resnet.depth_of(stages)
-  io.save(out, io.BACKBONE_DIR, tree)
-  with open(os.path.join(out, io.RESNET_JSON), "w") as f:
+  io.save(out, weights_lib.BACKBONE_DIR, tree)
+  with open(os.path.join(out, weights_lib.RESNET_JSON), "w") as f:
     json.dump({"depth": depth, "stage_sizes": list(stages), "width": width,
                "source": os.path.basename(weights)}, f, indent=1)
   return (f"wrote ResNet-{depth or stages} backbone to {out}: use "
@@ -58,7 +59,7 @@ def convert_official(checkpoint: str, token2id: str, config, config_path: str, o
   variables = official.official_state_dict_to_variables(state_dict, config)
   vocab_size = int(variables["params"]["text_embs"]["embedding"].shape[0])
   _read_vocab(token2id, vocab_size)
-  io.save(out, io.MODEL_DIR, variables)
+  io.save(out, weights_lib.MODEL_DIR, variables)
   shutil.copyfile(token2id, os.path.join(out, "token2id.json"))
   with open(os.path.join(out, "conversion.json"), "w") as f:
     json.dump({"source": os.path.basename(checkpoint), "config": config_path,

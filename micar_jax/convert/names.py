@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from micar_jax import errors
+from micar_jax.core.weights import MismatchError
 
 OFFICIAL = "official"
 TORCHVISION = "torchvision"
@@ -159,29 +159,6 @@ def reference_shape(layout: str, shape: Sequence[int]) -> tuple[int, ...]:
   if layout == "conv":
     return (s[3], s[2], s[0], s[1])
   return s
-
-
-class MismatchError(errors.UserError):
-  """A state dict or checkpoint that does not fit the model, with every problem by name.
-
-  Attributes:
-    missing: names the model needs that the source lacks.
-    unexpected: names in the source that the model has no place for.
-    wrong: "name: got ... expected ..." for shape (or constant value) mismatches.
-  """
-
-  def __init__(self, what: str, missing: Sequence[str] = (), unexpected: Sequence[str] = (),
-               wrong: Sequence[str] = ()):
-    self.missing, self.unexpected, self.wrong = list(missing), list(unexpected), list(wrong)
-    parts = [f"{len(items)} {label}: {_listing(items)}"
-             for label, items in (("missing", self.missing), ("unexpected", self.unexpected),
-                                  ("wrong", self.wrong)) if items]
-    super().__init__(f"{what}: " + "; ".join(parts))
-
-
-def _listing(items: Sequence[str], limit: int = 8) -> str:
-  shown = ", ".join(items[:limit])
-  return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
 def match_state_dict(state_dict: dict[str, np.ndarray], shapes: dict[tuple[str, ...], tuple],

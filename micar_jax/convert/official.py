@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from micar_jax.convert import names
-from micar_jax.core import summary
+from micar_jax.core import summary, weights
 from micar_jax.models import attention, transformer
 from micar_jax.models import model as model_lib
 
@@ -49,10 +49,10 @@ def official_state_dict_to_variables(state_dict: dict[str, np.ndarray],
     {"params": ..., "batch_stats": ...} of float32 numpy arrays, our layouts.
 
   Raises:
-    names.MismatchError: missing, unexpected or wrongly shaped entries, all listed.
+    weights.MismatchError: missing, unexpected or wrongly shaped entries, all listed.
   """
   if EMBEDDING not in state_dict or np.ndim(state_dict[EMBEDDING]) != 2:
-    raise names.MismatchError("not a MicarVLMoE state dict", missing=[EMBEDDING])
+    raise weights.MismatchError("not a MicarVLMoE state dict", missing=[EMBEDDING])
   mc = model_lib.ModelConfig.from_config(config, int(np.shape(state_dict[EMBEDDING])[0]))
   flat = names.match_state_dict(
       state_dict, variable_shapes(mc), names.OFFICIAL,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from micar_jax.convert import names
+from micar_jax.core import weights
 from micar_jax.models import resnet
 
 _BLOCK_CONV = re.compile(r"layer([1-4])\.(\d+)\.conv1\.weight$")
@@ -41,14 +42,14 @@ def state_dict_to_backbone(state_dict: dict[str, np.ndarray]
     what the model holds under vis_enc/backbone.
 
   Raises:
-    names.MismatchError: not a torchvision ResNet, or incomplete / wrongly shaped.
+    weights.MismatchError: not a torchvision ResNet, or incomplete / wrongly shaped.
   """
   blocks = [_BLOCK_CONV.match(k) for k in state_dict]
   counts = [len({m.group(2) for m in blocks if m and m.group(1) == str(s)}) for s in range(1, 5)]
   missing = [k for k in ("conv1.weight",) if k not in state_dict]
   missing += [f"layer{s + 1}.0.conv1.weight" for s, n in enumerate(counts) if not n]
   if missing:
-    raise names.MismatchError("not a torchvision ResNet state dict", missing=missing)
+    raise weights.MismatchError("not a torchvision ResNet state dict", missing=missing)
   stages, width = tuple(counts), int(np.shape(state_dict["conv1.weight"])[0])
   depth = depth_of(stages)
   label = f"ResNet-{depth}" if depth else f"ResNet with stages {stages}"

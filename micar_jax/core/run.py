@@ -16,7 +16,7 @@ from absl import logging
 
 from micar_jax import decode as decode_lib
 from micar_jax import errors, evaluate
-from micar_jax.core import checkpointing, sharding
+from micar_jax.core import checkpointing, sharding, weights
 from micar_jax.core import state as state_lib
 from micar_jax.data import batch_spec, input_pipeline
 from micar_jax.data import tokenizer as tokenizer_lib
@@ -79,8 +79,7 @@ class Run:
     """{params, batch_stats} of the best checkpoint, else of config.init_from."""
     restored = self.checkpoints.restore_best(self.abstract_variables())
     if restored is None and self.config.init_from:
-      from micar_jax import convert  # pylint: disable=g-import-not-at-top
-      return convert.load_model_init(self.config.init_from, self.abstract_variables())
+          return weights.load_model_init(self.config.init_from, self.abstract_variables())
     if restored is None:
       raise errors.UserError(f"workdir {self.workdir} has no best checkpoint yet; run "
                              "--mode=train first (or pass --config.init_from=DIR)")

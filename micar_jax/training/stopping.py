@@ -2,9 +2,9 @@
 
 While `StopSignals` is active, SIGINT and SIGTERM only set a flag; the loop
 checks it between train steps and between validation batches, saves the
-latest checkpoint and raises `Interrupted`. A second signal stops at once
+latest checkpoint and raises `errors.Interrupted`. A second signal stops at once
 (the previous checkpoint stays the latest). Outside it, `raise_on_signals`
-makes both signals raise `Interrupted` where the program is.
+makes both signals raise `errors.Interrupted` where the program is.
 """
 
 import signal
@@ -16,27 +16,16 @@ T = TypeVar("T")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(Exception):
-  """SIGINT or SIGTERM ended the run; the process exits 128 + signal (130 / 143)."""
-
-  def __init__(self, signum: int, detail: str = "", safe: bool = False):
-    # `safe`: raised between two steps or batches, where the state can be saved.
-    self.signum, self.safe = signum, safe
-    self.exit_code = 128 + signum
-    name = signal.Signals(signum).name
-    super().__init__(f"interrupted by {name}" + (f" {detail}" if detail else ""))
-
-
 class Diverged(errors.UserError):
   """A train step's loss, gradient or updated state was not finite (beyond the allowed skips)."""
 
 
 def _raise(signum, frame):  # pylint: disable=unused-argument
-  raise Interrupted(signum)
+  raise errors.Interrupted(signum)
 
 
 def raise_on_signals() -> None:
-  """SIGINT and SIGTERM raise `Interrupted` (the default outside a training loop)."""
+  """SIGINT and SIGTERM raise `errors.Interrupted` (the default outside a training loop)."""
   for signum in SIGNALS:
     signal.signal(signum, _raise)
 
@@ -50,7 +39,7 @@ class StopSignals:
 
   def _handler(self, signum, frame):  # pylint: disable=unused-argument
     if self.signum is not None:
-      raise Interrupted(signum, "again, before the run could save: the previous checkpoint "
+      raise errors.Interrupted(signum, "again, before the run could save: the previous checkpoint "
                         "stays the latest")
     self.signum = signum
 
@@ -66,8 +55,8 @@ class StopSignals:
       signal.signal(signum, handler)
 
   def between(self, items: Iterable[T]) -> Iterator[T]:
-    """Yields `items`, raising `Interrupted` between two of them once a signal came."""
+    """Yields `items`, raising `errors.Interrupted` between two of them once a signal came."""
     for item in items:
       if self.signum is not None:
-        raise Interrupted(self.signum, safe=True)
+        raise errors.Interrupted(self.signum, safe=True)
       yield item

@@ -40,7 +40,7 @@ from absl import logging
 
 from micar_jax import errors, evaluate
 from micar_jax.config import defaults
-from micar_jax.core import checkpointing, sharding, status
+from micar_jax.core import checkpointing, sharding, status, weights
 from micar_jax.core import run as run_lib
 from micar_jax.core import state as state_lib
 from micar_jax.data import input_pipeline, sources
@@ -146,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Raises:
     errors.ConfigError: config.train.select_suite/select_key name no metric (one line).
     stopping.Diverged: non-finite steps beyond train.skip_nonfinite_steps.
-    stopping.Interrupted: SIGINT/SIGTERM (after saving the latest checkpoint).
+    errors.Interrupted: SIGINT/SIGTERM (after saving the latest checkpoint).
   """
   scores_lib.check_selection(config.train.select_suite, config.train.select_key)
   run = run_lib.Run(config, workdir)
@@ -210,19 +210,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 log.train(step, loop.epoch, metrics, lrs, speed, loop.skipped_steps)
                 start, timed_steps = time.perf_counter(), 0
               if stop.signum is not None:
-                raise stopping.Interrupted(stop.signum, safe=True)
+                raise errors.Interrupted(stop.signum, safe=True)
               if step % config.train.checkpoint_every == 0 and step < epoch_end:
                 saved_step = _save_latest(run, state, data_iter, loop, flags)
           progress.close()
           flags.check()
           _end_of_epoch(run, state, loop, eval_step, generate_fn, log, step, epoch_end, stop)
           saved_step = _save_latest(run, state, data_iter, loop, flags)
-      except stopping.Interrupted as e:
+      except errors.Interrupted as e:
         if not e.safe:
           raise
         if saved_step != step:
           saved_step = _save_latest(run, state, data_iter, loop, flags)
-        raise stopping.Interrupted(e.signum, f"at step {step}; the latest checkpoint (step "
+        raise errors.Interrupted(e.signum, f"at step {step}; the latest checkpoint (step "
                                    f"{saved_step}) is saved: rerun the same command to resume")
   finally:
     if hasattr(data_iter, "close"):
@@ -260,12 +260,11 @@ def _maybe_load_init(config, state):
   vision_init = config.model.vision_init_from
   if not config.init_from and vision_init in ("", defaults.SCRATCH):
     return state
-  from micar_jax import convert  # pylint: disable=g-import-not-at-top
   if config.init_from:
-    variables = convert.load_model_init(
+    variables = weights.load_model_init(
         config.init_from, checkpointing.abstract_like(state.variables()))
   else:
-    variables = convert.load_vision_init(vision_init, state.variables())
+    variables = weights.load_vision_init(vision_init, state.variables())
   return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
@@ -287,7 +286,7 @@ def _end_of_epoch(run: run_lib.Run, state, loop: LoopState, eval_step, generate_
 
   Raises:
     stopping.Diverged: the validation loss is not finite (finite but exploded weights).
-    stopping.Interrupted: a signal came during validation (between two batches).
+    errors.Interrupted: a signal came during validation (between two batches).
   """
   config = run.config
   variables = state.variables()
