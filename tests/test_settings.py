@@ -109,8 +109,3 @@ def test_loading_a_config_imports_no_jax():
           "defaults.base_config(); print('jax' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
-
-
-def test_models_do_not_import_the_config_package():
-  models = pathlib.Path(__file__).parent.parent / "micar_jax" / "models"
-  assert [p.name for p in models.glob("*.py") if "micar_jax.config" in p.read_text()] == []
