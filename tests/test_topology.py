@@ -87,3 +87,13 @@ def test_cpu_chip_shares_host_memory_and_has_no_speeds():
   one, eight = chips.cpu_chip(1), chips.cpu_chip(8)
   assert one.hbm_bytes // 8 == eight.hbm_bytes > 0
   assert (eight.peak_tflops, eight.hbm_gbps, eight.ici_gbps) == (None, None, None)
+
+
+@pytest.mark.parametrize("generation", sorted(chips.TPU_GENERATIONS))
+def test_every_tpu_generation_in_the_chip_table_parses_both_ways(generation):
+  layout = chips.TPU_GENERATIONS[generation].tpu
+  typed = topology.parse(f"{generation}-{8 * layout.cores_per_chip}")
+  assert typed.num_chips == 8 and len(typed.shape) == layout.grid_rank
+  shaped = topology.parse(f"{generation}:{'x'.join(map(str, typed.shape))}")
+  assert shaped.accelerator_type == typed.accelerator_type
+  assert all(b >= 1 for b in layout.host_bounds)

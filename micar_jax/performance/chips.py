@@ -36,6 +36,7 @@ class Chip:
     hbm_gbps: device memory bandwidth, GB/s (1e9 bytes/s).
     ici_gbps: inter-chip interconnect bandwidth per chip, one direction, GB/s
       (half the vendor's bidirectional figure).
+    tpu: how Cloud TPU names and lays out this chip's slices (None for GPUs).
   """
 
   name: str
@@ -44,21 +45,49 @@ class Chip:
   hbm_bytes: int | None = None
   hbm_gbps: float | None = None
   ici_gbps: float | None = None
+  tpu: "TpuLayout | None" = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuLayout:
+  """What the planner needs to name and compile a TPU generation's slices.
+
+  Attributes:
+    cores_per_chip: 2 where accelerator types count TensorCores (v4-8 = 4 chips), else 1;
+      such chips form 3D grids and compile as "megacore", the others 2D grids.
+    host_bounds: chips per host (x, y, z) of a full host.
+    type_prefix: the accelerator type's prefix ("v5litepod" for v5e).
+    aliases: other prefixes a topology name may use for this generation.
+  """
+
+  cores_per_chip: int
+  host_bounds: tuple[int, int, int]
+  type_prefix: str = ""
+  aliases: tuple[str, ...] = ()
+
+  @property
+  def grid_rank(self) -> int:
+    return 3 if self.cores_per_chip == 2 else 2
 
 
 # Order matters for `by_device_kind`: specific kinds precede their prefixes
 # ("tpu v5 lite" before "tpu v5", "h100 pcie" before "h100").
 CHIPS: tuple[Chip, ...] = (
-    Chip("v4", ("tpu v4",), 275.0, 32 * GIB, 1200.0, 6 * 45.0),
-    Chip("v5e", ("tpu v5 lite", "tpu v5e"), 197.0, 16 * GIB, 819.0, 400.0 / 2),
-    Chip("v5p", ("tpu v5p", "tpu v5"), 459.0, 95 * GIB, 2765.0, 1200.0 / 2),
-    Chip("v6e", ("tpu v6 lite", "tpu v6e"), 918.0, 32 * GIB, 1638.0, 800.0 / 2),
+    Chip("v4", ("tpu v4",), 275.0, 32 * GIB, 1200.0, 6 * 45.0, TpuLayout(2, (2, 2, 1))),
+    Chip("v5e", ("tpu v5 lite", "tpu v5e"), 197.0, 16 * GIB, 819.0, 400.0 / 2,
+         TpuLayout(1, (2, 4, 1), "v5litepod", ("v5litepod",))),
+    Chip("v5p", ("tpu v5p", "tpu v5"), 459.0, 95 * GIB, 2765.0, 1200.0 / 2,
+         TpuLayout(2, (2, 2, 1))),
+    Chip("v6e", ("tpu v6 lite", "tpu v6e"), 918.0, 32 * GIB, 1638.0, 800.0 / 2,
+         TpuLayout(1, (2, 4, 1))),
     Chip("h100-pcie", ("h100 pcie",), 756.0),
     Chip("h100", ("h100",), 989.0),
     Chip("h200", ("h200",), 989.0),
     Chip("a100", ("a100",), 312.0),
 )
-TPU_GENERATIONS = {c.name: c for c in CHIPS if c.kinds[0].startswith("tpu")}
+TPU_GENERATIONS = {c.name: c for c in CHIPS if c.tpu}
+# Every name a topology may start with -> its generation's chip.
+TPU_PREFIXES = {name: c for c in CHIPS if c.tpu for name in (c.name, *c.tpu.aliases)}
 
 
 def by_device_kind(device_kind: str) -> Chip | None:

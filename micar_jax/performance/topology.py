@@ -21,15 +21,9 @@ import re
 
 import jax
 
-# Accelerator types whose number counts TensorCores (2 per chip), not chips.
 from micar_jax import errors
 from micar_jax.performance import chips
 
-# Accelerator types whose number counts TensorCores (2 per chip), not chips.
-_CORE_COUNTED = ("v4", "v5p")
-_ALIASES = {"v5litepod": "v5e"}
-# Chips per host (x, y, z) of a full host; smaller slices use the smaller shape.
-_HOST_BOUNDS = {"v4": (2, 2, 1), "v5p": (2, 2, 1), "v5e": (2, 4, 1), "v6e": (2, 4, 1)}
 TPU_EXTRA_HINT = 'pip install -e ".[tpu]" (jax[tpu] at the project\'s jax version)'
 
 
@@ -68,7 +62,7 @@ def grid(generation: str, num_chips: int) -> tuple[int, ...]:
   Raises:
     UserError: num_chips is not a power of two that such a slice can have.
   """
-  shape = [2, 2, 1] if generation in _CORE_COUNTED else [1, 1]
+  shape = [2, 2, 1] if chips.TPU_GENERATIONS[generation].tpu.grid_rank == 3 else [1, 1]
   if num_chips < math.prod(shape) or num_chips & (num_chips - 1):
     raise errors.UserError(
         f"{generation} has no slice of {num_chips} chips; use a power of two >= "
@@ -94,26 +88,25 @@ def parse(name: str) -> Topology:
   typed = re.fullmatch(r"([a-z0-9]+)-([1-9]\d*)", text)
   shaped = re.fullmatch(r"([a-z0-9]+):([1-9]\d*(?:x[1-9]\d*){1,2})", text)
   match = typed or shaped
-  generation = _ALIASES.get(match.group(1), match.group(1)) if match else ""
-  if generation not in chips.TPU_GENERATIONS:
+  chip = chips.TPU_PREFIXES.get(match.group(1)) if match else None
+  if chip is None:
     known = ", ".join(chips.TPU_GENERATIONS)
     raise errors.UserError(
         f"unknown topology {name!r}; expected GEN-N (e.g. v5p-128, v5e-16, v6e-256), "
         f"GEN:AxB[xC] (e.g. v5p:4x4x4) or cpu:N, with GEN one of {known}")
+  generation, layout = chip.name, chip.tpu
   if typed:
     count = int(typed.group(2))
-    if generation in _CORE_COUNTED and count % 2:
-      raise errors.UserError(f"{name}: {generation} types count TensorCores, 2 per chip; "
-                             "use an even number")
-    shape = grid(generation, count // 2 if generation in _CORE_COUNTED else count)
+    if count % layout.cores_per_chip:
+      raise errors.UserError(f"{name}: {generation} types count TensorCores, "
+                             f"{layout.cores_per_chip} per chip; use a multiple of it")
+    shape = grid(generation, count // layout.cores_per_chip)
   else:
     shape = tuple(int(s) for s in shaped.group(2).split("x"))
-    if len(shape) != (3 if generation in _CORE_COUNTED else 2):
-      raise errors.UserError(f"{name}: a {generation} shape has "
-                             f"{3 if generation in _CORE_COUNTED else 2} sides")
-  num = math.prod(shape) * (2 if generation in _CORE_COUNTED else 1)
-  prefix = "v5litepod" if generation == "v5e" else generation
-  return Topology(name, chips.TPU_GENERATIONS[generation], shape, f"{prefix}-{num}")
+    if len(shape) != layout.grid_rank:
+      raise errors.UserError(f"{name}: a {generation} shape has {layout.grid_rank} sides")
+  num = math.prod(shape) * layout.cores_per_chip
+  return Topology(name, chip, shape, f"{layout.type_prefix or generation}-{num}")
 
 
 def quiet_libtpu(topology: Topology) -> None:
@@ -147,11 +140,12 @@ def devices(topology: Topology) -> list[jax.Device]:
                            f"{TPU_EXTRA_HINT}; cpu:N topologies work without it")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   quiet_libtpu(topology)
-  generation = topology.chip.name
+  generation, layout = topology.chip.name, topology.chip.tpu
   padded = topology.shape + (1,) * (3 - len(topology.shape))
-  bounds = tuple(min(s, b) for s, b in zip(padded, _HOST_BOUNDS[generation]))
+  # Smaller slices than a full host use their own, smaller shape.
+  bounds = tuple(min(s, b) for s, b in zip(padded, layout.host_bounds))
   desc = topologies.get_topology_desc(
       topology_name=f"{generation}:{'x'.join(map(str, topology.shape))}", platform="tpu",
-      chip_config_name="megacore" if generation in _CORE_COUNTED else "default",
+      chip_config_name="megacore" if layout.cores_per_chip == 2 else "default",
       chips_per_host_bounds=bounds)
   return list(desc.devices)
