@@ -20,13 +20,16 @@ The tail turns only the project's own user errors (`errors.UserError` and its
 subclasses) and a full disk into one line with exit 2, and a SIGINT/SIGTERM
 into its line with exit 130/143; anything else is a bug and keeps its
 traceback.
+
+`run` also turns on JAX's persistent compilation cache (`use_compilation_cache`),
+so a rerun, or a new run of the same shapes, skips the compiles of the last one.
 """
 
 import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 from absl import app, flags
@@ -35,6 +38,9 @@ from ml_collections import config_flags
 from micar_jax import errors
 
 EXIT_USER_ERROR = 2
+# A folder for compiled programs, or "off" (see `compilation_cache_dir`).
+COMPILATION_CACHE_ENV = "MICAR_JAX_COMPILATION_CACHE"
+_OFF = ("off", "0", "false", "no", "none")
 _HELP = ("--help", "-help", "-h", "-?", "--helpshort")
 
 
@@ -156,11 +162,62 @@ def error_tail() -> Iterator[None]:
     fail(_disk_full_message(e))
 
 
+def compilation_cache_dir(environ: Mapping[str, str] = os.environ) -> str | None:
+  """Where compiled programs are kept between runs; None when the cache is off.
+
+  In order: MICAR_JAX_COMPILATION_CACHE (a folder, or "off"); JAX's own
+  JAX_COMPILATION_CACHE_DIR when the user set it; else
+  $XDG_CACHE_HOME/micar_jax/jax_cache (~/.cache/micar_jax/jax_cache).
+  """
+  chosen = environ.get(COMPILATION_CACHE_ENV, "").strip()
+  if chosen.lower() in _OFF:
+    return None
+  if chosen:
+    return os.path.abspath(os.path.expanduser(chosen))
+  if environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return environ["JAX_COMPILATION_CACHE_DIR"]
+  base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "micar_jax", "jax_cache")
+
+
+def use_compilation_cache() -> str | None:
+  """Turns JAX's persistent compilation cache on at `compilation_cache_dir()` (or off).
+
+  The first step of a run otherwise waits minutes for compiles that the
+  previous run of the same shapes already did. Set through the environment
+  (JAX reads it when imported) and through jax.config when JAX is loaded
+  already. JAX keeps what took at least JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS
+  (default 1 s) to compile.
+
+  Returns:
+    The cache folder, or None when it is off or cannot be created (one
+    `warning:` line on stderr says so; the run goes on without it).
+  """
+  directory = compilation_cache_dir()
+  if directory is not None:
+    try:
+      os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+      print(f"warning: no compilation cache: cannot create {directory} ({e.strerror}); set "
+            f"{COMPILATION_CACHE_ENV}=DIR to place it elsewhere", file=sys.stderr)
+      directory = None
+  settings = ({"JAX_ENABLE_COMPILATION_CACHE": "false"} if directory is None else
+              {"JAX_ENABLE_COMPILATION_CACHE": "true", "JAX_COMPILATION_CACHE_DIR": directory})
+  os.environ.update(settings)
+  if "jax" in sys.modules:
+    jax = sys.modules["jax"]
+    jax.config.update("jax_enable_compilation_cache", directory is not None)
+    if directory is not None:
+      jax.config.update("jax_compilation_cache_dir", directory)
+  return directory
+
+
 def run(main: Callable[[list[str]], Any],
         define_flags: Callable[[], None] | None = None) -> NoReturn:
   """Defines the flags, parses them (`parse_flags`) and runs `main(argv)` in `error_tail`.
 
-  `main` may return an exit status (None is 0).
+  `main` may return an exit status (None is 0). The compilation cache is on
+  (`use_compilation_cache`) before `main` runs.
   """
   program = main.__module__
   if define_flags is not None:
@@ -171,6 +228,7 @@ def run(main: Callable[[list[str]], Any],
 
   def main_in_tail(argv: list[str]) -> Any:
     with error_tail():
+      use_compilation_cache()
       return main(argv)
 
   app.run(main_in_tail, flags_parser=functools.partial(parse_flags, program=program))

@@ -97,7 +97,7 @@ def test_a_damaged_step_is_reported_and_the_older_intact_one_resumes(tmp_path, d
   it = _iterator(0)
   state, meta = ckpts.restore_latest(abstract, it)
   np.testing.assert_array_equal(state["w"], jax.random.normal(jax.random.PRNGKey(10), (4096,)))
-  assert meta == {"epoch": 10} and next(it) == 1 and ckpts.restored_step == 10
+  assert meta == {"epoch": 10} and next(it) == 1 and ckpts.intact_step == 10 and ckpts.unverified_step is None
   assert len(ckpts.unusable) == 1 and ckpts.unusable[0].startswith("latest/20: ")
   assert "Traceback" not in "".join(capfd.readouterr())
 
@@ -120,7 +120,8 @@ def test_a_step_saved_before_checksums_restores_unverified(tmp_path):
   os.remove(os.path.join(workdir, "checkpoints", "latest", "20", checkpointing.CHECKSUMS))
   ckpts = checkpointing.Checkpoints(workdir)
   state, meta = ckpts.restore_latest(abstract, _iterator(0))
-  assert meta == {"epoch": 20} and ckpts.restored_step == 20 and not ckpts.unusable
+  assert meta == {"epoch": 20} and ckpts.intact_step == ckpts.unverified_step == 20
+  assert not ckpts.unusable
 
 
 def test_a_damaged_best_checkpoint_is_one_line(tmp_path):

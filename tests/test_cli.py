@@ -163,3 +163,56 @@ def test_ci_runs_exactly_the_readmes_test_command_with_the_linter_first():
   ci = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
   assert ci in (root / "README.md").read_text()
   assert ci.index("ruff check .") < ci.index("python -m pytest tests")
+
+
+# A program that compiles one function through cli.run; the cache keeps any compile (min 0 s).
+_COMPILING_SCRIPT = """
+import jax, jax.numpy as jnp
+from micar_jax import cli
+
+def main(argv):
+  print(jax.jit(lambda x: jnp.sin(x) * 2 + 1)(jnp.arange(3.0)))
+
+cli.run(main)
+"""
+
+
+def _compile_once(tmp_path, **env):
+  base = {k: v for k, v in _env().items()
+          if k not in ("JAX_COMPILATION_CACHE_DIR", cli.COMPILATION_CACHE_ENV)}
+  out = subprocess.run([sys.executable, "-c", _COMPILING_SCRIPT], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT,
+                       env=dict(base, XDG_CACHE_HOME=str(tmp_path / "xdg"),
+                                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env))
+  assert out.returncode == 0, out.stderr
+  return out
+
+
+def _entries(folder):
+  return os.listdir(folder) if os.path.isdir(folder) else []
+
+
+def test_programs_keep_compiled_programs_in_the_user_cache_folder_unless_told_otherwise(
+    tmp_path):
+  _compile_once(tmp_path)
+  assert _entries(tmp_path / "xdg" / "micar_jax" / "jax_cache")
+  _compile_once(tmp_path, MICAR_JAX_COMPILATION_CACHE=str(tmp_path / "mine"))
+  assert _entries(tmp_path / "mine")
+  # An explicit JAX_COMPILATION_CACHE_DIR (as the tests set it) is respected.
+  _compile_once(tmp_path, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_own"))
+  assert _entries(tmp_path / "jax_own")
+  off = tmp_path / "off"
+  _compile_once(off, MICAR_JAX_COMPILATION_CACHE="off",
+                JAX_COMPILATION_CACHE_DIR=str(off / "jax_own"))
+  assert not _entries(off / "jax_own") and not _entries(off / "xdg" / "micar_jax" / "jax_cache")
+
+
+def test_compilation_cache_dir_precedence():
+  home = os.path.expanduser("~")
+  assert cli.compilation_cache_dir({}) == os.path.join(home, ".cache", "micar_jax", "jax_cache")
+  assert cli.compilation_cache_dir({"XDG_CACHE_HOME": "/c"}) == "/c/micar_jax/jax_cache"
+  assert cli.compilation_cache_dir({"JAX_COMPILATION_CACHE_DIR": "/j", "XDG_CACHE_HOME": "/c"}) == "/j"
+  assert cli.compilation_cache_dir({cli.COMPILATION_CACHE_ENV: "/m",
+                                    "JAX_COMPILATION_CACHE_DIR": "/j"}) == "/m"
+  assert cli.compilation_cache_dir({cli.COMPILATION_CACHE_ENV: "OFF",
+                                    "JAX_COMPILATION_CACHE_DIR": "/j"}) is None

@@ -192,11 +192,14 @@ def test_a_collapsed_model_stops_with_one_line_and_scores_nothing(tmp_path):
   workdir = str(tmp_path / "run")
   out = run_cli(*args_for(tmp_path / "data", workdir, "--config.train.lr=1e4",
                           "--config.train.max_zero_grad_steps=3", "--config.train.max_steps=12",
-                          "--config.train.log_every=4"))
+                          "--config.train.log_every=4", "--config.train.checkpoint_every=1000"))
   assert out.returncode == 2, out.stderr[-3000:]
   assert_no_traceback(out)
-  assert last_line(out.stderr).startswith("error: training collapsed: the gradient norm was "
-                                          "exactly 0 for 3 steps in a row")
+  line = last_line(out.stderr)
+  assert line.startswith("error: training collapsed: the gradient norm was exactly 0 for 3 steps "
+                         "in a row")
+  # True about what exists: no checkpoint was saved before the collapse stopped the run.
+  assert "no checkpoint was saved" in line and not saved_steps(workdir)
   assert not os.path.exists(os.path.join(workdir, "test", "scores.json"))
 
 

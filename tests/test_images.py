@@ -159,3 +159,37 @@ def test_6000_square_image_works_and_over_the_limit_is_refused(tmp_path, monkeyp
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
   with pytest.raises(images.ImageError, match=r"^image too large "):
     images.decode(path)
+
+
+def _exif_jpeg(path, orientation):
+  """A 6 x 4 JPEG (landscape as stored) whose EXIF orientation tag is `orientation`."""
+  rows = np.linspace(0, 255, 4, dtype=np.uint8)[:, None, None]
+  cols = np.linspace(0, 255, 6, dtype=np.uint8)[None, :, None]
+  pixels = np.concatenate(np.broadcast_arrays(rows, cols, 255 - rows), axis=-1)
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  Image.fromarray(pixels).save(path, format="JPEG", quality=100, exif=exif)
+
+
+def test_exif_orientation_is_not_applied_by_default_and_the_switch_applies_it(tmp_path):
+  _exif_jpeg(tmp_path / "r.jpg", 6)
+  with Image.open(tmp_path / "r.jpg") as img:
+    stored = np.asarray(img.convert("RGB"))  # what torchvision's PIL loader gives
+  assert stored.shape == (4, 6, 3)
+  assert images.exif_orientation(tmp_path / "r.jpg") == 6
+  assert images.exif_orientation((tmp_path / "r.jpg").read_bytes()) == 6
+  np.testing.assert_array_equal(np.asarray(images.decode(tmp_path / "r.jpg")), stored)
+  turned = np.asarray(images.decode(tmp_path / "r.jpg", apply_exif_orientation=True))
+  np.testing.assert_array_equal(turned, np.rot90(stored, k=-1))  # 6: a quarter turn clockwise
+  default = images.load(tmp_path / "r.jpg", 4, 4)
+  np.testing.assert_array_equal(default, images.preprocess(Image.fromarray(stored), 4, 4))
+  applied = images.load(tmp_path / "r.jpg", 4, 4, apply_exif_orientation=True)
+  np.testing.assert_array_equal(applied, images.preprocess(Image.fromarray(turned), 4, 4))
+  # No tag, or the identity: 1, and the switch changes nothing.
+  Image.fromarray(stored).save(tmp_path / "plain.png")
+  _exif_jpeg(tmp_path / "one.jpg", 1)
+  assert images.exif_orientation(tmp_path / "plain.png") == 1
+  assert images.exif_orientation(tmp_path / "one.jpg") == 1
+  np.testing.assert_array_equal(
+      np.asarray(images.decode(tmp_path / "plain.png", apply_exif_orientation=True)), stored)
+  assert images.exif_orientation(tmp_path / "nowhere.jpg") == 1

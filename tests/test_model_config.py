@@ -1,21 +1,36 @@
-"""ModelConfig: every field read from the config by name; compute-only fields marked once."""
+"""ModelConfig: each setting declared on its field, read from the config by name."""
 
 import dataclasses
 
 import pytest
 
 from micar_jax import errors
-from micar_jax.config import defaults
+from micar_jax.config import defaults, settings
 from micar_jax.core import checkpointing
-from micar_jax.models import resnet
+from micar_jax.models import model_config, resnet
 from micar_jax.models.model_config import ModelConfig
 
 DERIVED = {"vocab_size", "max_len", "stage_sizes", "num_views"}
 
 
-def test_fields_have_no_defaults_of_their_own():
+def test_every_field_but_the_derived_declares_its_setting():
   for f in dataclasses.fields(ModelConfig):
-    assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, f.name
+    d = model_config.declared(f)
+    if f.name in DERIVED:  # no default: from_config must compute them
+      assert d is None and f.default is dataclasses.MISSING, f.name
+      continue
+    s = settings.BY_KEY[f"model.{f.name}"]
+    assert (s.default, s.doc) == (f.default, d.doc), f.name
+    assert type(f.default) is d.kind or (d.kind is float and type(f.default) is int), f.name
+    assert (s.switch is None) == (d.switch is None), f.name
+
+
+def test_declarations_are_plain_data():
+  for f in dataclasses.fields(ModelConfig):
+    d = model_config.declared(f)
+    if d is not None:
+      assert d.kind in (int, float, str, bool), f.name
+      assert d.choices is None or isinstance(d.choices, (tuple, str)), f.name
 
 
 def test_every_setting_comes_from_the_config():

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import pytest
+from PIL import Image
 
 from micar_jax import errors
 from micar_jax.inference import predict
@@ -40,3 +41,30 @@ def test_output_names_never_collide(tmp_path):
   open(first, "w").close()
   assert predict.new_output_path(str(tmp_path), now=0.0).endswith(
       "predictions-19700101T000000Z-2.jsonl")
+
+
+def test_predict_notes_an_exif_orientation_it_does_not_apply(tiny_run, tiny_config, capsys):
+  folder = tiny_run("predict_exif")
+  config = tiny_config(folder)
+  workdir = str(folder / "run")
+  images = folder / "mine"
+  images.mkdir()
+  source = Image.open(folder / "data" / "images" / "test_000000.png").convert("RGB")
+  source = source.resize((source.width * 2, source.height))  # not square: turning it matters
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  source.save(images / "phone.jpg", quality=95, exif=exif)
+  source.save(images / "plain.jpg", quality=95)
+  rows = [json.loads(l) for l in open(predict.predict(config, workdir, [str(images)]))]
+  assert [os.path.basename(r["image"]) for r in rows] == ["phone.jpg", "plain.jpg"]
+  assert rows[0]["exif_orientation"] == 6
+  assert rows[0]["note"] == ("EXIF orientation 6 not applied, as the reference; "
+                             "data.apply_exif_orientation=True applies it")
+  assert "exif_orientation" not in rows[1] and "note" not in rows[1]
+  assert "1 image carries an EXIF orientation tag that was not applied" in capsys.readouterr().out
+  with config.unlocked():
+    config.data.apply_exif_orientation = True
+  rows = [json.loads(l) for l in open(predict.predict(config, workdir, [str(images)]))]
+  assert rows[0]["exif_orientation"] == 6
+  assert rows[0]["note"] == "EXIF orientation 6 applied (data.apply_exif_orientation=True)"
+  assert "exif_orientation" not in rows[1]

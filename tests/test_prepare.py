@@ -464,3 +464,45 @@ def test_images_are_fully_decoded_and_wide_or_alpha_modes_kept(tmp_path):
   assert reasons["reports_ZH_EN.csv row 5"].startswith("corrupt image ")  # img4, text
   kept = [os.path.basename(r["image"]) for split in lines.values() for r in split]
   assert "img5.png" in kept and "img6.png" in kept
+
+
+def test_reports_without_a_letter_or_digit_are_left_out_and_listed(tmp_path):
+  raw = _covctr_raw(tmp_path)
+  csv_path = raw / "reports_ZH_EN.csv"
+  text = csv_path.read_bytes()
+  # Punctuation only: COVCTR's cleaner keeps "!" and "?" as tokens, so these are not empty.
+  text = text.replace(b'"Report number 1."', b'". , ; ! ?"')
+  text = text.replace(b'"Report number 5."', b'"?!"')
+  csv_path.write_bytes(text)
+  out = tmp_path / "out"
+  result, lines, _ = _run("covctr", raw, out)
+  assert [os.path.basename(r["image"]) for r in lines["train"]] == [
+      f"img{i % 11}.png" for i in (0, 9, 2, 6, 11)]
+  assert all(any(c.isalnum() for c in r["report"]) for split in lines.values() for r in split)
+  reasons = {where: reason for _, where, reason in result.bad_rows}
+  assert reasons["reports_ZH_EN.csv row 2 (line 4)"] == "report has no letter or digit ('. , , ! ? .')"
+  assert reasons["reports_ZH_EN.csv row 6 (line 9)"] == "report has no letter or digit ('?! .')"
+  assert result.summary[3] == ("left out 5 rows (train 4, test 1): 2 report has no letter or digit, "
+                               "1 report is missing or not text, 1 missing image, 1 corrupt image")
+  listed = (out / "skipped.tsv").read_text("utf-8")
+  assert "reports_ZH_EN.csv row 2 (line 4)\treport has no letter or digit" in listed
+
+
+def test_exif_orientation_is_counted_not_applied(tmp_path):
+  raw = _covctr_raw(tmp_path)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+  pixels = np.random.RandomState(0).randint(0, 255, (4, 5, 3), np.uint8)
+  Image.fromarray(pixels).save(raw / "images" / "img2.png", exif=exif)
+  exif[0x0112] = 1  # the identity: not counted
+  Image.fromarray(pixels).save(raw / "images" / "img9.png", exif=exif)
+  result, lines, _ = _run("covctr", raw, tmp_path / "out")
+  assert result.exif_oriented == 1
+  assert result.summary[3] == (
+      "EXIF orientation: 1 of 9 images carry a rotate/flip tag; not applied, as the reference "
+      "(data.apply_exif_orientation=True applies it)")
+  assert result.summary[4].startswith("left out 3 rows")
+  # The prepared file is the raw one: pixels as stored, the tag kept.
+  kept = tmp_path / "out" / next(r["image"] for r in lines["train"] if r["image"].endswith("img2.png"))
+  with Image.open(kept) as img:
+    assert img.size == (5, 4) and img.getexif()[0x0112] == 6

@@ -1,5 +1,6 @@
 """Tests for micar_jax.config.settings: one declaration per setting, and the page generated from it."""
 
+import dataclasses
 import pathlib
 import re
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 
 from micar_jax.config import defaults, settings, settings_doc
 from micar_jax.metrics import scores
+from micar_jax.models import model_config
 
 DOC = pathlib.Path(__file__).parent.parent / settings_doc.DOC
 # The configs that reproduce a reference run script (configs/synthetic.py is a demo).
@@ -60,6 +62,33 @@ def test_choices_are_read_from_the_code_s_registries(key, registry):
   names = check.source.names()
   assert names and all(check.accepts((n,) if key == "eval.suites" else n) for n in names)
   assert not check.accepts(("no_such",) if key == "eval.suites" else "no_such")
+
+
+def test_a_new_model_config_field_is_a_setting_with_its_check_and_switch(monkeypatch):
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class Wider(model_config.ModelConfig):
+    gate_width: int = model_config.setting(16, "Gate width.", lo=1, hi=64, hi_open=True)
+    gate_act: str = model_config.setting(
+        "silu", "Gate activation.", choices="micar_jax.models.layers.ACTIVATIONS",
+        switch='`"gelu"`', switch_note="(reference)")
+
+  monkeypatch.setattr(model_config, "ModelConfig", Wider)
+  built = settings._model_settings()  # pylint: disable=protected-access
+  assert [s.key for s in built[:-2]] == [
+      s.key for s in settings.SETTINGS if s.key.startswith("model.")]
+  width, act = built[-2:]
+  assert (width.key, width.default, width.doc) == ("model.gate_width", 16, "Gate width.")
+  assert width.check.expect() == "an integer in [1, 64)" and not width.check.accepts(64)
+  assert str(act.check.source) == "models.layers.ACTIVATIONS" and act.check.accepts("gelu")
+  assert (act.switch.alternatives, act.switch.note, act.reference) == (
+      '`"gelu"`', "(reference)", "silu")
+
+
+def test_model_settings_keep_the_page_order():
+  keys = [s.key.removeprefix("model.") for s in settings.SETTINGS if s.key.startswith("model.")]
+  assert keys[:6] == ["vocab_size", "resnet_depth", "resnet_stages", "resnet_width",
+                      "vision_init_from", "d_v"]
+  assert keys.index("router_z_loss_weight") == keys.index("capacity_factor") - 1
 
 
 def test_metric_options_are_eval_settings_passed_by_name():

@@ -74,6 +74,19 @@ def test_bad_vocabulary_rejected(tmp_path):
     tl.WordTokenizer.load(tmp_path / "v.json", 8)
 
 
+@pytest.mark.parametrize("text,message", [
+    ('["<pad>", "<sos>"]', "holds a JSON list; expected an object"),
+    ("<pad> 0\n<sos> 1\n", "is not JSON"),
+    ('{"<pad>": "zero"}', "1 entries have no integer id"),
+])
+def test_a_malformed_vocabulary_file_is_one_line_naming_it(tmp_path, text, message):
+  path = tmp_path / "token2id.json"
+  path.write_text(text)
+  with pytest.raises(errors.UserError, match=message) as caught:
+    tl.WordTokenizer.load(path, 8)
+  assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize("name,size", [("covctr", 229), ("mmretinal", 2046),
                                        ("pgross", 1679), ("roco", 16740)])
 def test_official_vocabularies_load(name, size):
@@ -106,7 +119,7 @@ def test_load_or_build_writes_then_reads_workdir(tmp_path):
   config.data.min_frequency = 1
   assert tl.load_or_build_tokenizer(config, tmp_path / "data", tmp_path / "work").vocab_size == 7
   config.data.vocab_path = str(tmp_path / "missing.json")
-  with pytest.raises(FileNotFoundError, match="vocab_path"):
+  with pytest.raises(errors.UserError, match="vocab_path"):
     tl.load_or_build_tokenizer(config, tmp_path / "data", tmp_path / "work")
 
 

@@ -76,6 +76,63 @@ def test_max_steps_ends_training_then_tests(tmp_path, tiny_config):
   assert latest_params(workdir)[0] == 2
 
 
+def _validated_steps(workdir):
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return [l["step"] for l in lines if "val_loss" in l]
+
+
+def _best_steps(workdir):
+  return sorted(os.listdir(os.path.join(workdir, "checkpoints", "best")))
+
+
+def test_a_run_stopped_mid_epoch_continues_exactly_as_an_uninterrupted_one(tmp_path, tiny_config):
+  straight = str(tmp_path / "straight")
+  want = train.train_and_evaluate(tiny_config(tmp_path), straight)
+  stopped = str(tmp_path / "stopped")
+  train.train_and_evaluate(tiny_config(tmp_path, max_steps=6), stopped)  # 4 steps per epoch
+  # The partial second epoch is neither validated nor a best candidate.
+  assert _validated_steps(stopped) == [4] and _best_steps(stopped) == ["4"]
+  got = train.train_and_evaluate(tiny_config(tmp_path), stopped)
+  assert _validated_steps(stopped) == _validated_steps(straight) == [4, 8]
+  assert _best_steps(stopped) == _best_steps(straight)
+  assert got["label_references"] == want["label_references"]
+  assert got["raw_references"] == want["raw_references"]
+
+
+def test_a_stop_before_the_first_validation_tests_the_current_weights(tmp_path, tiny_config,
+                                                                       capsys):
+  workdir = str(tmp_path / "run")
+  out = train.train_and_evaluate(tiny_config(tmp_path, max_steps=2), workdir)
+  assert out["num_examples"] == 4 and not _best_steps(workdir)
+  assert "before its first validation: testing its current weights" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("init_from", "missing_dir", "init_from=missing_dir: no such folder"),
+    ("init_from", "RUN", "is a run folder, not a converted model"),
+    ("vision_init_from", "weights/absent", "no converted ResNet weights there"),
+])
+def test_start_weights_are_checked_before_any_compile(tmp_path, tiny_config, monkeypatch, key,
+                                                      value, message):
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
+  from micar_jax.training import steps  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path)
+  run_folder = tmp_path / "RUN"
+  (run_folder / "checkpoints").mkdir(parents=True)
+  monkeypatch.chdir(tmp_path)
+  if key == "init_from":
+    config.init_from = value
+  else:
+    config.model.vision_init_from = value
+
+  def no_compile(*args, **kwargs):
+    raise AssertionError("the train step was compiled before the start weights were checked")
+
+  monkeypatch.setattr(steps, "lower_train_step", no_compile)
+  with pytest.raises(errors.UserError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / "new_run"))
+
+
 def test_progress_total_honours_max_steps_and_speed_counts_train_steps(tmp_path, monkeypatch,
                                                                        capsys, tiny_config):
   totals = []

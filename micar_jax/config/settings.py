@@ -7,7 +7,10 @@ tests/test_settings.py keeps the page equal to them). Values are the
 reference's shared settings (github.com/AI-14/micar-vl-moe, scripts/*/run_exp.sh);
 a deviation from the reference is a setting with a `Switch`, off by default.
 
-`models.model_config.ModelConfig` reads the `model.*` settings by name.
+The model's hyper-parameters are declared on `models.model_config.ModelConfig`'s
+fields (default, doc, what they accept); the `model.*` settings here are built
+from them, plus the few `config.model` keys that are no such field
+(`_MODEL_OTHERS`).
 """
 
 import dataclasses
@@ -17,6 +20,7 @@ import ml_collections
 
 from micar_jax.config import checks
 from micar_jax.data import registry
+from micar_jax.models import model_config
 
 # Where the dataset configs look for torchvision's ResNet-101 IMAGENET1K_V2 weights,
 # converted with `python -m micar_jax.convert torchvision-resnet` (the reference's start).
@@ -73,6 +77,63 @@ _num, _choice, _text, _flag = checks.number, checks.choice, checks.text, checks.
 _Reg = checks.Registry
 _S = Setting  # keeps each declaration to a few lines
 
+# The config.model keys that are not a declared ModelConfig field (the ResNet's
+# shape, the vocabulary size the tokenizer may give, the start weights, a loss
+# weight), each listed under the field it comes before on the page.
+_MODEL_OTHERS: dict[str, tuple[Setting, ...]] = {
+    "resnet_width": (
+        _S("model.vocab_size", 0, _num(int, 0),
+           'Vocabulary size V; 0 means "take it from the tokenizer".'),
+        _S("model.resnet_depth", 101,
+           _choice(_Reg("micar_jax.models.resnet", "RESNET_STAGES"), int),
+           "ResNet depth; ignored when resnet_stages is set."),
+        _S("model.resnet_stages", (),
+           checks.int_tuple(None, "() or stage sizes >= 1, e.g. (1, 1, 1, 1)"),
+           "Explicit bottleneck stage sizes, e.g. (1, 1, 1, 1) for tests; () = from depth."),
+    ),
+    "d_v": (
+        # A missing folder is refused when training starts, with the convert command.
+        _S("model.vision_init_from", "", _text(),
+           f'Converted torchvision ResNet weights; "" or "{SCRATCH}" = random init.',
+           Switch(f'`"{SCRATCH}"` (random ResNet)', "\\*\\* (ImageNet IMAGENET1K_V2)",
+                  IMAGENET_RESNET101)),
+    ),
+    "capacity_factor": (
+        _S("model.router_z_loss_weight", 0.0, _num(float, 0),
+           "Router z-loss weight (ST-MoE); 0 disables it (reference).", Switch("e.g. `1e-3`")),
+    ),
+}
+
+
+def _model_check(d: model_config.Declared) -> checks.Check:
+  """The check a ModelConfig field's plain description stands for."""
+  if d.choices is not None:
+    if isinstance(d.choices, str):
+      module, _, attr = d.choices.rpartition(".")
+      return _choice(_Reg(module, attr), d.kind)
+    return _choice(d.choices, d.kind)
+  if d.kind is bool:
+    return _flag()
+  if d.kind is str:
+    return _text()
+  return _num(d.kind, d.lo, d.hi, d.lo_open, d.hi_open)
+
+
+def _model_settings() -> tuple[Setting, ...]:
+  """The model.* settings: ModelConfig's declared fields, in field order, and `_MODEL_OTHERS`."""
+  fields = dataclasses.fields(model_config.ModelConfig)
+  unplaced = set(_MODEL_OTHERS) - {f.name for f in fields}
+  if unplaced:
+    raise ValueError(f"_MODEL_OTHERS names no ModelConfig field: {sorted(unplaced)}")
+  out: list[Setting] = []
+  for f in fields:
+    out += _MODEL_OTHERS.get(f.name, ())
+    d = model_config.declared(f)
+    if d is not None:
+      switch = None if d.switch is None else Switch(d.switch, d.switch_note)
+      out.append(Setting(f"model.{f.name}", f.default, _model_check(d), d.doc, switch))
+  return tuple(out)
+
 SETTINGS: tuple[Setting, ...] = (
     _S("dataset", _DATASET, _choice(_Reg("micar_jax.data.registry", "DATASETS")),
       "Dataset name (data/registry.py); selects the prepare step and the TFDS builder."),
@@ -113,61 +174,7 @@ SETTINGS: tuple[Setting, ...] = (
     _S("data.synthetic_sizes", _GENERATED.generated_sizes,
       checks.int_tuple(3, "3 integers >= 1 (train, val, test)"),
       "Generated datasets only: examples made for (train, val, test)."),
-    # model
-    _S("model.vocab_size", 0, _num(int, 0),
-      'Vocabulary size V; 0 means "take it from the tokenizer".'),
-    _S("model.resnet_depth", 101, _choice(_Reg("micar_jax.models.resnet", "RESNET_STAGES"), int),
-      "ResNet depth; ignored when resnet_stages is set."),
-    _S("model.resnet_stages", (), checks.int_tuple(None, "() or stage sizes >= 1, e.g. (1, 1, 1, 1)"),
-      "Explicit bottleneck stage sizes, e.g. (1, 1, 1, 1) for tests; () = from depth."),
-    _S("model.resnet_width", 64, _num(int, 1),
-      "Stem width of the ResNet (64 in torchvision; stage widths are 1x,2x,4x,8x)."),
-    # A missing folder is refused when training starts, with the convert command.
-    _S("model.vision_init_from", "", _text(),
-      f'Converted torchvision ResNet weights; "" or "{SCRATCH}" = random init.',
-      Switch(f'`"{SCRATCH}"` (random ResNet)', "\\*\\* (ImageNet IMAGENET1K_V2)",
-             IMAGENET_RESNET101)),
-    _S("model.d_v", 2048, _num(int, 1), "FPN / fusion channel width d_v (visual token size)."),
-    _S("model.pool_size", 7, _num(int, 1),
-      "Side of the adaptive average pool grid; tokens = pool_size**2."),
-    _S("model.d_model", 512, _num(int, 1), "Transformer width."),
-    _S("model.d_latent", 768, _num(int, 1),
-      "Latent attention width (q, k, v each d_latent, split over heads)."),
-    _S("model.num_heads", 8, _num(int, 1), "Attention heads."),
-    _S("model.qk_nope_dim", 48, _num(int, 0), "Per-head channels without rotary embedding."),
-    _S("model.qk_rope_dim", 48, _num(int, 0),
-      "Per-head channels of the rope branch (only the first half is rotated)."),
-    _S("model.rope_theta", 10000.0, _num(float, 0, lo_open=True), "RoPE base frequency."),
-    _S("model.d_ff", 2048, _num(int, 1), "SwiGLU hidden width (encoder FFN and each expert)."),
-    _S("model.num_layers", 3, _num(int, 1), "Encoder blocks = decoder blocks."),
-    _S("model.act_fn", "gelu", _choice(_Reg("micar_jax.models.layers", "ACTIVATIONS")),
-      "Activation (gelu is exact)."),
-    _S("model.attention_dropout", 0.12, _num(float, 0, 1, hi_open=True),
-      "Dropout on attention probabilities."),
-    _S("model.dropout", 0.1, _num(float, 0, 1, hi_open=True),
-      "Dropout on embeddings, FFN / expert outputs and the fusion MLP."),
-    _S("model.num_experts", 8, _num(int, 1), "Experts per MoE layer."),
-    _S("model.top_k", 2, _num(int, 1), "Experts per token."),
-    _S("model.moe_combine", "sum", _choice(_Reg("micar_jax.models.routing", "COMBINES")),
-      '"sum": unweighted sum of the k experts (reference); "weighted": gate-weighted.',
-      Switch('`"weighted"` (gate-weighted)')),
-    _S("model.moe_aux_loss", "entropy", _choice(_Reg("micar_jax.models.routing", "AUX_LOSSES")),
-      '"entropy": sum(p_mean*log p_mean) over all tokens (reference); "switch": E*sum(f*P).',
-      Switch('`"switch"` (E·Σ f·P)')),
-    _S("model.router_z_loss_weight", 0.0, _num(float, 0),
-      "Router z-loss weight (ST-MoE); 0 disables it (reference).", Switch("e.g. `1e-3`")),
-    _S("model.capacity_factor", -1.0, _num(float),
-      "Expert capacity factor; <= 0 means dropless (every routed token is computed).",
-      Switch("e.g. `1.25` (token dropping, counted)", "(dropless)")),
-    _S("model.moe_impl", "sort", _choice(_Reg("micar_jax.models.moe", "DISPATCH")),
-      "MoE dispatch; expert_parallel shards experts over mesh.expert (must divide num_experts).",
-      Switch('`"einsum"` (capacity buffers), `"expert_parallel"` (shard_map all-to-all)',
-             "(ragged_dot)")),
-    _S("model.dtype", "float32", _choice(("float32", "bfloat16")),
-      "Compute dtype; bfloat16 keeps params, norms and softmax in float32.",
-      Switch('`"bfloat16"` (fp32 params, norms, softmax)')),
-    _S("model.remat", False, _flag(), "Rematerialise blocks in the backward pass to save memory.",
-      Switch("`True`")),
+    *_model_settings(),
     # train
     _S("train.batch_size", 32, _num(int, 1), "Global batch size."),
     _S("train.epochs", 100, _num(int, 1), "Epochs."),

@@ -117,6 +117,10 @@ def write_checksums(step_dir: str) -> None:
   os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
 
 
+def has_checksums(step_dir: str) -> bool:
+  return os.path.exists(os.path.join(step_dir, CHECKSUMS))
+
+
 def verify(step_dir: str) -> str | None:
   """None when every recorded file is present and unchanged, else what is wrong (a phrase).
 
@@ -124,7 +128,7 @@ def verify(step_dir: str) -> str | None:
   is nothing to check it against.
   """
   path = os.path.join(step_dir, CHECKSUMS)
-  if not os.path.exists(path):
+  if not has_checksums(step_dir):
     return None
   try:
     with open(path) as f:
@@ -151,7 +155,9 @@ class Checkpoints:
   Attributes:
     latest, best: the Orbax managers.
     unusable: "<kind>/<step>: why" of each step a restore skipped (newest first).
-    restored_step: the latest step the last `restore_latest` used (None before).
+    intact_step: the newest latest step known good: the one `restore_latest` used or
+      the last one this object saved (None before either).
+    unverified_step: set when `restore_latest` used a step without checksums.
   """
 
   def __init__(self, workdir: str):
@@ -159,7 +165,8 @@ class Checkpoints:
     self.latest = _manager(os.path.join(root, "latest"), ("state", "data_iter", "meta"), 2)
     self.best = _manager(os.path.join(root, "best"), ("state", "meta"), 1)
     self.unusable: list[str] = []
-    self.restored_step: int | None = None
+    self.intact_step: int | None = None
+    self.unverified_step: int | None = None
 
   def _restore_newest_intact(self, manager: ocp.CheckpointManager, kind: str,
                              restore: Any) -> Any | None:
@@ -174,7 +181,11 @@ class Checkpoints:
       problem = verify(step_dir)
       if problem is None:
         try:
-          return step, restore(step)
+          restored = restore(step)
+          if kind == "latest":
+            self.intact_step = step
+            self.unverified_step = None if has_checksums(step_dir) else step
+          return step, restored
         except Exception as e:  # pylint: disable=broad-except
           if errors.is_disk_full(e):
             raise
@@ -198,6 +209,7 @@ class Checkpoints:
       self.latest.save(step, args=ocp.args.Composite(**args), force=True)
       self.latest.wait_until_finished()
       write_checksums(os.path.join(os.fspath(self.latest.directory), str(step)))
+    self.intact_step, self.unverified_step = step, None
 
   def restore_latest(self, abstract_state: Any, data_iter: Any) -> tuple[Any, dict[str, Any]] | None:
     """Restores (state, meta) of the newest intact step into `abstract_state`'s
@@ -215,8 +227,7 @@ class Checkpoints:
     found = self._restore_newest_intact(self.latest, "latest", restore)
     if found is None:
       return None
-    self.restored_step, restored = found
-    return restored["state"], restored["meta"]
+    return found[1]["state"], found[1]["meta"]
 
   def save_best(self, step: int, variables: dict[str, Any], meta: dict[str, Any]) -> None:
     """Keeps only the best model's params and batch statistics."""

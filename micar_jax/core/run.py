@@ -100,10 +100,12 @@ class Run:
     return examples, evaluate.score(examples, self.config, suites)
 
 
-def test_best(run: Run, generate_fn: Callable | None = None) -> dict[str, Any]:
-  """Tests the best checkpoint; writes test/generated_reports.csv and test/scores.json."""
+def test_best(run: Run, generate_fn: Callable | None = None,
+              variables: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Tests the best checkpoint (or the given variables); writes test/generated_reports.csv
+  and test/scores.json."""
   generate_fn = generate_fn or run.generate_fn()
-  variables = run.best_variables()
+  variables = run.best_variables() if variables is None else variables
   examples, scores = run.evaluate_split(variables, "test", generate_fn, run.config.eval.suites)
   raw = evaluate.score(examples, run.config, run.config.eval.suites, against="report")
   out = {"label_references": scores.values, "raw_references": raw.values,

@@ -85,6 +85,46 @@ def _restore_checked(path: str, target: dict[str, Any], what: str) -> dict[str, 
   return ocp.StandardCheckpointer().restore(path, abstract)
 
 
+def check_vision_init(directory: str) -> None:
+  """Fails fast (before any compile) unless `directory` holds converted ResNet weights.
+
+  Raises:
+    errors.UserError: no such folder (naming the convert command), or not one the
+      converter wrote.
+  """
+  if not os.path.isdir(absolute(directory)):
+    raise errors.UserError(
+        f"model.vision_init_from={directory}: no converted ResNet weights there; convert "
+        f"torchvision's ImageNet ones with `python -m micar_jax.convert torchvision-resnet "
+        f"--weights={TORCHVISION_RESNET101_FILE} --out={directory}`, or train from scratch with "
+        "--config.model.vision_init_from=scratch")
+  _check_converted(directory, BACKBONE_DIR, "model.vision_init_from", "torchvision-resnet")
+
+
+def check_model_init(directory: str) -> None:
+  """Fails fast (before any compile) unless `directory` holds a converted model.
+
+  Raises:
+    errors.UserError: no such folder, a run folder, or not one the converter wrote.
+  """
+  if not os.path.isdir(absolute(directory)):
+    raise errors.UserError(f"init_from={directory}: no such folder; give the --out folder of "
+                           "`python -m micar_jax.convert official`")
+  if os.path.isdir(os.path.join(absolute(directory), "checkpoints")):
+    raise errors.UserError(
+        f"init_from={directory} is a run folder, not a converted model: to continue that run "
+        f"use --workdir={directory}; init_from takes the --out folder of "
+        "`python -m micar_jax.convert official`")
+  _check_converted(directory, MODEL_DIR, "init_from", "official")
+
+
+def _check_converted(directory: str, subdir: str, key: str, command: str) -> None:
+  if not os.path.isdir(os.path.join(absolute(directory), subdir)):
+    raise errors.UserError(
+        f"{key}={directory} is not a converted folder ({subdir}/ is missing); write one with "
+        f"`python -m micar_jax.convert {command}`")
+
+
 def load_vision_init(directory: str, variables: dict[str, Any]) -> dict[str, Any]:
   """Replaces the ResNet backbone of `variables` by converted torchvision weights.
 
@@ -100,12 +140,7 @@ def load_vision_init(directory: str, variables: dict[str, Any]) -> dict[str, Any
     errors.UserError: no such folder (naming the convert command), not a
       converted folder, or names/shapes differ (listed by name).
   """
-  if not os.path.isdir(absolute(directory)):
-    raise errors.UserError(
-        f"model.vision_init_from={directory}: no converted ResNet weights there; convert "
-        f"torchvision's ImageNet ones with `python -m micar_jax.convert torchvision-resnet "
-        f"--weights={TORCHVISION_RESNET101_FILE} --out={directory}`, or train from scratch with "
-        "--config.model.vision_init_from=scratch")
+  check_vision_init(directory)
   directory = absolute(directory)
   info_path = os.path.join(directory, RESNET_JSON)
   info = {}
@@ -139,6 +174,7 @@ def load_model_init(directory: str, abstract_variables: dict[str, Any]) -> dict[
   Raises:
     errors.UserError: not a converted folder, or names/shapes differ (listed by name).
   """
+  check_model_init(directory)
   directory = absolute(directory)
   return _restore_checked(os.path.join(directory, MODEL_DIR), abstract_variables,
                           f"converted model {directory} does not fit this config")

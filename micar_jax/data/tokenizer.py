@@ -123,9 +123,27 @@ class WordTokenizer(Tokenizer):
 
   @classmethod
   def load(cls, path: str | os.PathLike, text_seq_len: int) -> "WordTokenizer":
-    """Loads a `token2id.json` (ours or an official one)."""
-    token2id = json.loads(epath.Path(path).read_text(encoding="utf-8"))
-    return cls({t: int(i) for t, i in token2id.items()}, text_seq_len)
+    """Loads a `token2id.json` (ours or an official one).
+
+    Raises:
+      errors.UserError: the file is unreadable, not JSON, or not a {word: id} object
+        (one line naming the file).
+    """
+    try:
+      token2id = json.loads(epath.Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+      raise errors.UserError(f"vocabulary {path} cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+      raise errors.UserError(f"vocabulary {path} is not JSON ({e}); expected a token2id.json "
+                             'object such as {"<pad>": 0, "<unk>": 1, ...}') from None
+    if not isinstance(token2id, dict):
+      raise errors.UserError(f"vocabulary {path} holds a JSON {type(token2id).__name__}; "
+                             "expected an object mapping each word to its integer id")
+    bad = [t for t, i in token2id.items() if isinstance(i, bool) or not isinstance(i, int)]
+    if bad:
+      raise errors.UserError(f"vocabulary {path}: {len(bad)} entries have no integer id "
+                             f"(first: {bad[0]!r}: {token2id[bad[0]]!r})")
+    return cls(token2id, text_seq_len)
 
   @property
   def vocab_size(self) -> int:
@@ -236,8 +254,8 @@ def load_or_build_tokenizer(
     raise errors.ConfigError(
         f"config.data.tokenizer must be one of {sorted(VOCAB_FILES)}, got {kind!r}")
   if config.data.vocab_path:
-    if not epath.Path(config.data.vocab_path).exists():
-      raise FileNotFoundError(f"config.data.vocab_path {config.data.vocab_path} does not exist")
+    if not epath.Path(config.data.vocab_path).is_file():
+      raise errors.UserError(f"config data.vocab_path={config.data.vocab_path} is not a file")
     return load_tokenizer(kind, config.data.vocab_path, seq_len)
   path = epath.Path(workdir) / VOCAB_FILES[kind]
   if path.exists():

@@ -11,7 +11,9 @@
 
 Bad uploads get a 4xx with a one-line message: 415 for a type other than PNG or
 JPEG, 413 over config.serve.max_upload_mb per file or more than
-config.serve.max_files files, 400 for no file or an undecodable image.
+config.serve.max_files files, 400 for no file or an undecodable image. The
+limits hold while the body streams in (`micar_jax.serve.uploads`): a request
+is refused as soon as it passes one, and no upload is written to disk.
 """
 
 import asyncio
@@ -23,25 +25,18 @@ from typing import Any
 
 import fastapi
 from fastapi import responses, staticfiles
-from starlette import datastructures, exceptions
+from starlette import exceptions
 
 from micar_jax import errors
 from micar_jax.data import images as images_lib
 from micar_jax.inference import explain_figure
 from micar_jax.serve import engine as engine_lib
-from micar_jax.serve import pages
+from micar_jax.serve import pages, uploads
 from micar_jax.serve import results as results_lib
 
-CONTENT_TYPES = ("image/png", "image/jpeg")
+CONTENT_TYPES = uploads.CONTENT_TYPES
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
-
-
-class UploadError(Exception):
-  """A rejected upload: an HTTP status and a one-line message."""
-
-  def __init__(self, status: int, message: str):
-    super().__init__(message)
-    self.status = status
+UploadError = uploads.UploadError
 
 
 def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 20.0,
@@ -55,7 +50,7 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
     max_files: most files in one upload request.
   """
   res = results_lib.load(workdir)
-  max_bytes = int(max_upload_mb * 2**20)
+  limits = uploads.Limits(max_upload_mb, max_files)
 
   @contextlib.asynccontextmanager
   async def lifespan(_):
@@ -103,34 +98,21 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
     """(file name, float32 [S, S, 3]) per file of a multipart upload, all of them valid.
 
     Raises:
-      UploadError: any file is refused (nothing is decoded then).
+      UploadError: any file is refused (none is decoded by the model then).
     """
-    length = request.headers.get("content-length", "0")
-    if not length.isdigit() or int(length) > max_bytes * max_files + 2**16:
-      raise UploadError(413, f"upload of {length} bytes exceeds {max_files} files of "
-                        f"{max_upload_mb:g} MiB")
-    form = await request.form(max_files=max_files + 1)
-    files = [f for f in form.getlist("files") if isinstance(f, datastructures.UploadFile)]
-    if not files:
-      raise UploadError(400, "no image uploaded: send one or more files in the 'files' field")
-    if len(files) > max_files:
-      raise UploadError(413, f"{len(files)} files in one upload; at most {max_files}")
     loaded = []
-    for f in files:
-      name = os.path.basename(f.filename or "image")
-      kind = (f.content_type or "").split(";")[0].strip().lower()
-      if kind not in CONTENT_TYPES:
-        raise UploadError(415, f"{name}: content type {kind or 'unknown'} is not accepted; "
-                          "upload PNG or JPEG images")
-      data = await f.read(max_bytes + 1)
-      if len(data) > max_bytes:
-        raise UploadError(413, f"{name} is larger than {max_upload_mb:g} MiB")
-      try:
-        # Decoding and resizing off the event loop keeps other requests flowing.
-        loaded.append((name, await asyncio.to_thread(engine.preprocess, data)))
-      except images_lib.ImageError:
-        raise UploadError(400, f"{name} is not a readable {kind.split('/')[1].upper()} "
-                          "image") from None
+    async with contextlib.aclosing(
+        uploads.read_files(request.headers, request.stream(), limits)) as files:
+      async for f in files:
+        try:
+          # Decoding and resizing off the event loop keeps other requests flowing; each
+          # file is preprocessed as soon as it is whole, so only one is held as bytes.
+          loaded.append((f.name, await asyncio.to_thread(engine.preprocess, f.data)))
+        except images_lib.ImageError:
+          raise UploadError(400, f"{f.name} is not a readable "
+                            f"{f.content_type.split('/')[1].upper()} image") from None
+    if not loaded:
+      raise UploadError(400, uploads.NO_FILE)
     return loaded
 
   async def report_uploads(request: fastapi.Request) -> list[tuple[str, str, str]]:

@@ -18,7 +18,9 @@ stops with `stopping.Diverged`, saving nothing, so the latest checkpoint is the
 last good state and no diverged model is validated, kept as best or tested.
 SIGINT/SIGTERM stop between two steps or two validation batches, after saving.
 A run that stopped at train.max_steps continues when rerun with a higher limit
-(or none).
+(or none), exactly as if it had not stopped: a stop inside an epoch validates
+nothing and saves no best (its own test then uses the best so far, or the
+current weights before the first validation, and says so).
 
 Start-up: each phase (compiling the train step, initialising the model,
 building the input pipeline, restoring) prints one status line with its time.
@@ -102,21 +104,45 @@ class _FiniteFlags:
     self._zero_grad_steps = self._zero_grad_steps + 1 if zero_grad else 0
     limit = self._run.config.train.max_zero_grad_steps
     if limit and self._zero_grad_steps >= limit:
+      first = step - self._zero_grad_steps + 1
       raise stopping.Diverged(
           f"training collapsed: the gradient norm was exactly 0 for {self._zero_grad_steps} "
-          f"steps in a row (to step {step}, train.max_zero_grad_steps={limit}); the model no "
-          "longer learns and its checkpoints hold the collapsed state: lower train.lr and "
+          f"steps in a row (steps {first}-{step}, train.max_zero_grad_steps={limit}); the model "
+          f"no longer learns and {_collapsed_checkpoints(self._run, first)}: lower train.lr and "
           "start again in a new workdir")
 
 
+def _collapsed_checkpoints(run: run_lib.Run, first_dead_step: int) -> str:
+  """Which saved states a collapse that began at `first_dead_step` reached, in words."""
+  saved = sorted(run.checkpoints.latest.all_steps())
+  if not saved:
+    return "no checkpoint was saved"
+  dead = [s for s in saved if s >= first_dead_step]
+  if not dead:
+    return f"the latest checkpoint (step {saved[-1]}) predates the collapse"
+  return (f"the latest checkpoint (step {saved[-1]}) was saved after the collapse began at "
+          f"step {first_dead_step} and holds its state")
+
+
 def _last_good(run: run_lib.Run) -> str:
-  """The end of a divergence message: which checkpoint stays the latest, what to do."""
-  step = run.checkpoints.latest.latest_step()
+  """The end of a divergence message: which checkpoint stays the latest, what to do.
+
+  Only a checkpoint that was verified (or saved by this run) is called good; one
+  restored without checksums is named as unverified, since damaged weights
+  diverge too and a lower learning rate would not help then.
+  """
+  ckpts = run.checkpoints
+  step = ckpts.intact_step
   advice = "lower train.lr (or allow skips: train.skip_nonfinite_steps) and rerun"
+  skipped = (f" (skipped as unusable: {'; '.join(ckpts.unusable)})" if ckpts.unusable else "")
   if step is None:
-    return f"no checkpoint was saved before it: {advice}"
-  return (f"the checkpoint of step {step} is the last good state and stays the latest: "
-          f"{advice} to resume from it")
+    return f"no checkpoint was saved before it{skipped}: {advice}"
+  if ckpts.unverified_step == step:
+    return (f"it resumed from the checkpoint of step {step}, which has no checksums (saved "
+            "before micar_jax recorded them), so a damaged checkpoint cannot be ruled out: "
+            f"compare it with a copy, or {advice}")
+  return (f"the checkpoint of step {step} is the last good state{skipped} and stays the "
+          f"latest: {advice} to resume from it")
 
 
 def _resume_or_finish(loop: LoopState, config: ml_collections.ConfigDict, step: int) -> None:
@@ -154,6 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   problem = run.batch_spec.divisibility_problem(sharding.batch_shards(run.mesh))
   if problem:
     raise errors.UserError(problem)
+  _check_init_paths(config)
   tx_steps = input_pipeline.steps_per_epoch(config, len(sources.open_split(config, "train")))
   tx = optim.make_optimizer(config, tx_steps)
   init_fn = state_lib.make_init_fn(run.model_config, tx, run.batch_spec)
@@ -215,7 +242,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 saved_step = _save_latest(run, state, data_iter, loop, flags)
           progress.close()
           flags.check()
-          _end_of_epoch(run, state, loop, eval_step, generate_fn, log, step, epoch_end, stop)
+          if step < epoch_end:
+            # train.max_steps mid-epoch: a partial epoch is neither validated nor a best
+            # candidate, so continuing later selects exactly as an uninterrupted run.
+            loop.finished, loop.finished_by = True, "max_steps"
+          else:
+            _end_of_epoch(run, state, loop, eval_step, generate_fn, log, step, stop)
           saved_step = _save_latest(run, state, data_iter, loop, flags)
       except errors.Interrupted as e:
         if not e.safe:
@@ -228,7 +260,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if hasattr(data_iter, "close"):
       data_iter.close()
     log.close()
-  return run_lib.test_best(run, generate_fn)
+  return run_lib.test_best(run, generate_fn, _untested_fallback(run, state, loop, step))
+
+
+def _untested_fallback(run: run_lib.Run, state, loop: LoopState, step: int) -> Any:
+  """The weights to test when a run stopped mid-epoch before any best exists, else None."""
+  if loop.finished_by != "max_steps" or run.checkpoints.best.latest_step() is not None:
+    return None
+  print(f"the run stopped at step {step} (train.max_steps) before its first validation: "
+        "testing its current weights, which are not a selected best", flush=True)
+  return state.variables()
 
 
 def _compile_train_step(run: run_lib.Run, tx: optax.GradientTransformation):
@@ -255,6 +296,14 @@ def _compile_train_step(run: run_lib.Run, tx: optax.GradientTransformation):
   return compiled
 
 
+def _check_init_paths(config: ml_collections.ConfigDict) -> None:
+  """The weights the run starts from exist and are converted folders, before any compile."""
+  if config.init_from:
+    weights.check_model_init(config.init_from)
+  elif config.model.vision_init_from not in ("", defaults.SCRATCH):
+    weights.check_vision_init(config.model.vision_init_from)
+
+
 def _maybe_load_init(config, state):
   """Starts from a converted checkpoint (config.init_from) or ImageNet ResNet weights."""
   vision_init = config.model.vision_init_from
@@ -278,11 +327,8 @@ def _save_latest(run: run_lib.Run, state, data_iter, loop: LoopState,
 
 
 def _end_of_epoch(run: run_lib.Run, state, loop: LoopState, eval_step, generate_fn, log,
-                  step: int, epoch_end: int, stop: stopping.StopSignals) -> None:
-  """Validation, selection, early stopping; updates `loop` in place.
-
-  A run stopped by max_steps before `epoch_end` is validated (so that it has a
-  best model to test) without counting the epoch, so a higher limit continues it.
+                  step: int, stop: stopping.StopSignals) -> None:
+  """Validation, selection, early stopping after a whole epoch; updates `loop` in place.
 
   Raises:
     stopping.Diverged: the validation loss is not finite (finite but exploded weights).
@@ -301,14 +347,13 @@ def _end_of_epoch(run: run_lib.Run, state, loop: LoopState, eval_step, generate_
                                  stop.between)
   score = scores.values.get(config.train.select_key, 0.0)
   improved = score >= loop.best_score
-  whole_epoch = step >= epoch_end
   if improved:
     loop.best_score, loop.best_epoch, loop.bad_epochs = score, loop.epoch, 0
     run.checkpoints.save_best(step, variables, {"epoch": loop.epoch, "score": score})
-  elif whole_epoch:
+  else:
     loop.bad_epochs += 1
   log.validation(step, loop.epoch, val_loss, scores, improved)
-  loop.epoch += int(whole_epoch)
+  loop.epoch += 1
   max_steps = config.train.max_steps
   for reason, done in (("epochs", loop.epoch >= config.train.epochs),
                        ("patience", loop.bad_epochs >= config.train.max_patience),

@@ -227,8 +227,12 @@ def check_images(paths: Iterable[str]) -> dict[str, str | None]:
 
 
 def has_words(cleaned: str) -> bool:
-  """Whether a cleaned report holds any token other than the `.`/`,` punctuation tokens."""
-  return any(tok not in (".", ",") for tok in cleaned.split())
+  """Whether a cleaned report holds a letter or a digit (any script).
+
+  Punctuation alone (". , ; ! ?", which some cleaners keep as tokens) is no
+  report: trained on, it teaches the model to write nothing.
+  """
+  return any(c.isalnum() for c in cleaned)
 
 
 def finish_rows(rows_by_split: dict[str, list[Row]], bad: BadRows,
@@ -236,7 +240,8 @@ def finish_rows(rows_by_split: dict[str, list[Row]], bad: BadRows,
   """Applies the bad-row checks to rows already in reference split order.
 
   A row is left out (and reported) when it has a known problem, a report that
-  is missing, not text or empty after cleaning, or a missing/corrupt image.
+  is missing, not text, empty after cleaning or without a letter or digit, or a
+  missing/corrupt image.
 
   Args:
     rows_by_split: split -> rows in reference order.
@@ -260,8 +265,10 @@ def finish_rows(rows_by_split: dict[str, list[Row]], bad: BadRows,
       cleaned = ""
       if reason is None:
         cleaned = row.clean(row.report) if row.report.strip() else ""
-        if not has_words(cleaned):
-          reason = "empty report"
+        if not set(cleaned.split()) - {".", ","}:
+          reason = "empty report"  # nothing, or only the full stops the cleaner adds
+        elif not has_words(cleaned):
+          reason = f"report has no letter or digit ({' '.join(cleaned.split())!r})"
       if reason is None:
         if row.image is None:
           reason = "no image"
