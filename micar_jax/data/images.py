@@ -18,6 +18,13 @@ inside training) and converts every mode to 8-bit RGB:
 - alpha (RGBA, LA, PA, palette with transparency) is composited over black,
   so fully transparent pixels are black whatever colour they store.
 Images with more than MAX_PIXELS pixels are refused with an ImageError.
+
+EXIF orientation (the rotate/flip tag cameras and phones write) is not applied
+by default: PIL's `Image.open`, and so torchvision's loader that the reference
+trained with, ignores it, and the pixels are used as stored.
+`apply_exif_orientation=True` (config data.apply_exif_orientation) turns them
+as the tag says before any resizing (`PIL.ImageOps.exif_transpose`);
+`exif_orientation` reads the tag, for prepare's count and predict's note.
 """
 
 import io
@@ -25,7 +32,7 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from micar_jax import errors
 
@@ -44,6 +51,8 @@ MAX_PIXELS = 100_000_000
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+# EXIF's Orientation tag: 1 is the identity, 2..8 a flip and/or a quarter turn.
+ORIENTATION_TAG = 0x0112
 
 
 class ImageError(errors.UserError, ValueError):
@@ -78,8 +87,40 @@ def to_rgb(img: Image.Image) -> Image.Image:
   return img.convert("RGB")
 
 
-def decode(data: str | os.PathLike | bytes) -> Image.Image:
+def _orientation(img: Image.Image) -> int:
+  """The EXIF orientation of an opened image, read from its header only; 1 if none or invalid.
+
+  A PNG's tag counts where the PNG spec puts it, before the pixel data (PIL
+  would decode the whole image to look further).
+  """
+  if img.format == "PNG" and "exif" not in img.info:
+    return 1
+  try:
+    value = img.getexif().get(ORIENTATION_TAG, 1)
+  except (OSError, ValueError, SyntaxError, TypeError, KeyError):
+    return 1  # an unreadable EXIF block is no tag; the pixels may still be fine
+  return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def exif_orientation(data: str | os.PathLike | bytes) -> int:
+  """The EXIF orientation tag of an image file or encoded bytes (1..8); 1 when it has none.
+
+  Reads the header only. An unreadable file gives 1 (`decode` says what is wrong with it).
+  """
+  try:
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+      return _orientation(img)
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    return 1
+
+
+def decode(data: str | os.PathLike | bytes, apply_exif_orientation: bool = False) -> Image.Image:
   """Opens an image file path or encoded bytes, fully decoded, as 8-bit RGB.
+
+  Args:
+    data: the file's path or its bytes.
+    apply_exif_orientation: turn the pixels as the file's EXIF orientation tag
+      says (see the module docstring); by default they are used as stored.
 
   Raises:
     ImageError: the file is missing, empty, not an image, truncated or corrupt,
@@ -97,7 +138,10 @@ def decode(data: str | os.PathLike | bytes) -> Image.Image:
       if img.width * img.height > MAX_PIXELS:
         raise ImageError(f"image too large {what} ({img.width} x {img.height} pixels; the limit is "
                          f"{MAX_PIXELS:,}, micar_jax.data.images.MAX_PIXELS)")
+      orientation = _orientation(img)
       img.load()
+      if apply_exif_orientation and orientation != 1:
+        img = ImageOps.exif_transpose(img)
       return to_rgb(img)
   except ImageError:
     raise
@@ -181,8 +225,12 @@ def load(
     resize_size: int,
     image_size: int,
     rng: np.random.Generator | None = None,
+    apply_exif_orientation: bool = False,
 ) -> np.ndarray:
   """Decodes and preprocesses one image; augments when `rng` is given.
+
+  The one way training, evaluation, predict, explain and serve load an image;
+  `apply_exif_orientation` is config data.apply_exif_orientation (see `decode`).
 
   Returns:
     float32 [image_size, image_size, 3].
@@ -190,7 +238,7 @@ def load(
   Raises:
     ImageError: missing or corrupt image.
   """
-  img = decode(data)
+  img = decode(data, apply_exif_orientation)
   if rng is None:
     return preprocess(img, resize_size, image_size)
   return augment(img, image_size, rng)

@@ -112,6 +112,7 @@ class _Featurize(grain.transforms.Map):
     self.tokenizer = tokenizer
     self.resize_size, self.image_size = config.data.resize_size, config.data.image_size
     self.num_views = config.data.num_views
+    self.apply_exif_orientation = bool(config.data.get("apply_exif_orientation", False))
 
   def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
     return self.apply(element, None)
@@ -129,7 +130,8 @@ class _Featurize(grain.transforms.Map):
               f"row {element['index']} has {len(paths)} image(s), config.data.num_views="
               f"{self.num_views}")
         for v, path in enumerate(paths):
-          views[v] = images_lib.load(path, self.resize_size, self.image_size, rng)
+          views[v] = images_lib.load(path, self.resize_size, self.image_size, rng,
+                                     self.apply_exif_orientation)
       except images_lib.ImageError as e:
         logging.warning("skipping example %d (valid=False): %s", element["index"], e)
         valid = False
@@ -269,6 +271,7 @@ def predict_batches(
   if config.data.num_views != 1:
     raise errors.ConfigError("prediction from loose image files supports num_views=1 only")
   size, batch = config.data.image_size, config.eval.batch_size
+  apply_exif = bool(config.data.get("apply_exif_orientation", False))
   spec = batch_spec.BatchSpec.from_config(config, batch_size=batch)
   chunk, n_skipped = [], 0
 
@@ -280,7 +283,8 @@ def predict_batches(
 
   for path in list_images(paths):
     try:
-      chunk.append((path, images_lib.load(path, config.data.resize_size, size)))
+      chunk.append((path, images_lib.load(path, config.data.resize_size, size,
+                                          apply_exif_orientation=apply_exif)))
     except images_lib.ImageError as e:
       n_skipped += 1
       logging.warning("skipping %s", e)

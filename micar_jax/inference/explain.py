@@ -209,7 +209,9 @@ def _write(out_dir: str, stem: str, path: str, crop: np.ndarray, expl: explain_f
            config: ml_collections.ConfigDict, num_experts: int, max_words: int,
            header: str) -> str:
   png = os.path.join(out_dir, stem + ".png")
-  original = np.asarray(images_lib.decode(path))
+  # The figure shows the image as the model saw it (turned only if the config says so).
+  original = np.asarray(images_lib.decode(
+      path, bool(config.data.get("apply_exif_orientation", False))))
   box = explain_figure.crop_box(*original.shape[:2], config.data.resize_size,
                                 config.data.image_size)
   figure = explain_figure.render(original, box, crop, expl, num_experts, max_words, header)

@@ -3,7 +3,10 @@
 Each call writes a new file, DIR/predictions-<UTC time>.jsonl (an earlier
 call's file is never overwritten), one line per image in input order:
 {"image": path, "report": text} for a readable image, {"image": path,
-"report": null, "skipped": reason} for one that could not be read. Reports end
+"report": null, "skipped": reason} for one that could not be read. An image
+whose EXIF orientation tag is not the identity also gets "exif_orientation"
+(2..8) and a "note" saying whether it was applied (data.apply_exif_orientation,
+off by default as in the reference; see micar_jax.data.images). Reports end
 at the first `<eos>` (the words the reference keeps after it, and scores with
 eval.keep_after_eos, are not part of what a reader sees), so they match
 --mode=explain's for the same image and greedy decoding.
@@ -19,6 +22,7 @@ from absl import logging
 
 from micar_jax import errors, evaluate
 from micar_jax.core import run as run_lib
+from micar_jax.data import images as images_lib
 from micar_jax.data import input_pipeline
 from micar_jax.models import partitioning
 
@@ -36,6 +40,17 @@ def new_output_path(workdir: str, now: float | None = None) -> str:
   return path
 
 
+def exif_fields(path: str, applied: bool) -> dict[str, int | str]:
+  """{"exif_orientation", "note"} for an image with a non-identity EXIF orientation, else {}."""
+  orientation = images_lib.exif_orientation(path)
+  if orientation == 1:
+    return {}
+  note = (f"EXIF orientation {orientation} applied (data.apply_exif_orientation=True)" if applied
+          else f"EXIF orientation {orientation} not applied, as the reference; "
+          "data.apply_exif_orientation=True applies it")
+  return {"exif_orientation": orientation, "note": note}
+
+
 def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[str]) -> str:
   """Generates one report per readable image with the best checkpoint.
 
@@ -50,11 +65,13 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   variables = run.best_variables()
   generate_fn = run.generate_fn()
   records, skipped = {}, []
+  apply_exif = bool(run.config.data.get("apply_exif_orientation", False))
   with partitioning.use_mesh(run.mesh, run.rules):
     for batch in input_pipeline.predict_batches(run.config, paths, skipped):
       ids = evaluate.to_host(generate_fn(variables, *evaluate.device_images(run.put, batch)))
       for row, path in enumerate(batch["paths"]):
-        records[path] = {"image": path, "report": run.tokenizer.decode_clean(ids[row])}
+        records[path] = {"image": path, "report": run.tokenizer.decode_clean(ids[row]),
+                         **exif_fields(path, apply_exif)}
   if not records:
     reasons = "; ".join(reason for _, reason in skipped[:SHOWN_SKIPS])
     raise errors.UserError(f"no readable images in {', '.join(images)}"
@@ -69,6 +86,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
         f.write(json.dumps(records[path]) + "\n")
   os.replace(out_path + ".tmp", out_path)
   count = len(records) - len(skipped)
+  oriented = sum("exif_orientation" in r for r in records.values())
   logging.info("wrote %d reports, skipped %d images", count, len(skipped))
   if run.is_lead:
     print(f"predictions: {out_path} ({count} reports, {len(skipped)} skipped)")
@@ -76,4 +94,10 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
       print(f"  skipped {path}: {reason}")
     if len(skipped) > SHOWN_SKIPS:
       print(f"  ... and {len(skipped) - SHOWN_SKIPS} more (listed in the file)")
+    if oriented:
+      images_word = "image carries" if oriented == 1 else "images carry"
+      print(f"  {oriented} {images_word} an EXIF orientation tag that was "
+            + ("applied (data.apply_exif_orientation=True)" if apply_exif else
+               "not applied, as the reference (data.apply_exif_orientation=True applies it; "
+               "exif_orientation in the file)"))
   return out_path

@@ -32,13 +32,16 @@ COVERAGE_MIN_FREQUENCY = 3
 class Result:
   """What `prepare` did: examples and left-out rows per split, and the summary lines.
 
-  `summary` holds one line per split, then the left-out rows' summary (counts by
-  kind, the first few rows, the path of OUT/skipped.tsv).
+  `summary` holds one line per split, a line counting the images with an EXIF
+  orientation tag (only when there are any: they are kept as stored, as the
+  reference reads them), then the left-out rows' summary (counts by kind, the
+  first few rows, the path of OUT/skipped.tsv). `exif_oriented` is that count.
   """
   examples: dict[str, int]
   skipped: dict[str, int]
   bad_rows: list[tuple[str, str, str]]
   summary: list[str]
+  exif_oriented: int = 0
 
 
 def summarize(reports: dict[str, list[str]], min_frequency: int = COVERAGE_MIN_FREQUENCY
@@ -121,6 +124,7 @@ def prepare(dataset: str, raw_dir: str, out_dir: str, strict: bool = False,
     examples = output.place_images(examples, request)
     output.write_jsonl(examples, stage)
     output.write_skipped(bad.rows, stage)
+    oriented, num_images = output.count_exif_oriented(examples, stage)
     if os.path.isdir(out_dir):
       os.rmdir(out_dir)
     os.rename(stage, out_dir)
@@ -132,4 +136,5 @@ def prepare(dataset: str, raw_dir: str, out_dir: str, strict: bool = False,
     summary.append("warning: train is empty; this folder can be tested on, not trained on")
   return Result({s: len(examples[s]) for s in registry.SPLITS},
                 {s: bad.count(s) for s in ("-",) + registry.SPLITS}, bad.rows,
-                summary + output.skipped_summary(bad.rows, out_dir))
+                summary + output.exif_summary(oriented, num_images)
+                + output.skipped_summary(bad.rows, out_dir), oriented)

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 
-from micar_jax.data import registry
+from micar_jax.data import images, registry
 from micar_jax.data.prepare import common
 
 SKIPPED_FILE = "skipped.tsv"
@@ -90,6 +90,29 @@ def write_jsonl(examples: dict[str, list[common.Example]], stage_dir: str) -> No
   for split in registry.SPLITS:
     with open(os.path.join(stage_dir, f"{split}.jsonl"), "w", encoding="utf-8") as f:
       f.writelines(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples[split])
+
+
+def count_exif_oriented(examples: dict[str, list[common.Example]], out_dir: str) -> tuple[int, int]:
+  """(images with a non-identity EXIF orientation tag, images) among the examples' images.
+
+  `out_dir` is the folder their OUT-relative paths are under (the stage folder
+  while preparing). Only headers are read.
+  """
+  paths = list(dict.fromkeys(
+      os.path.join(out_dir, *p.split("/")) for rows in examples.values() for e in rows
+      for p in ([e.image] if isinstance(e.image, str) else e.image)))
+  if not paths:
+    return 0, 0
+  with concurrent.futures.ThreadPoolExecutor(min(16, (os.cpu_count() or 1) * 4)) as pool:
+    return sum(o != 1 for o in pool.map(images.exif_orientation, paths)), len(paths)
+
+
+def exif_summary(oriented: int, total: int) -> list[str]:
+  """The console line for images carrying an EXIF orientation tag (none when no image does)."""
+  if not oriented:
+    return []
+  return [f"EXIF orientation: {oriented} of {total} images carry a rotate/flip tag; not applied, "
+          "as the reference (data.apply_exif_orientation=True applies it)"]
 
 
 def reason_kind(reason: str) -> str:
