@@ -24,6 +24,8 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 
 VAL_LOSS_MEANS = ("batch", "token")
+# The complete config a run was trained with, in its run folder (`core.run.save_config`).
+CONFIG_FILE = "config.json"
 
 
 def validation_loss(eval_step: Callable, variables: Any, batches: Iterable[dict],
@@ -97,6 +99,85 @@ def score(examples: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
   return scores_lib.compute_scores(
       [e["generated"] for e in examples], [e[against] for e in examples], suites=tuple(suites),
       **scores_lib.options_from(config.eval))
+
+
+def scores_table(scores: scores_lib.Scores, title: str) -> str:
+  """`title`, then one `  <metric>  <value>` row per metric (skipped ones say why), for the console.
+
+  Values have 4 decimals; the JSON outputs keep full precision.
+  """
+  keys = list(scores.values) + [k for k in scores.skipped if k not in scores.values]
+  width = max((len(k) for k in keys), default=0)
+  rows = [title]
+  for key in keys:
+    if key in scores.values:
+      value = f"{scores.values[key]:.4f}"
+      if key in scores.partial:
+        value += f" (partial: {scores.partial[key]})"
+    else:
+      value = f"skipped: {scores.skipped[key]}"
+    rows.append(f"  {key:<{width}}  {value}")
+  return "\n".join(rows)
+
+
+def stored_image(image: str | Sequence[str], run_dir: str, data_dir: str = ""
+                 ) -> str | list[str]:
+  """An image path (or a view list) as run outputs store it, so a moved folder keeps its images.
+
+  Relative to the run folder when the image is inside it (the synthetic data
+  in <workdir>/data), else relative to the data folder when inside that, else
+  absolute (a user's own images for predict and explain). `resolve_image`
+  reads it back.
+  """
+  if not isinstance(image, str):
+    return [stored_image(p, run_dir, data_dir) for p in image]
+  path = os.path.abspath(image)
+  for base in (run_dir, data_dir):
+    if base:
+      base = os.path.abspath(base)
+      if os.path.commonpath([path, base]) == base:
+        return os.path.relpath(path, base)
+  return path
+
+
+def saved_data_dir(run_dir: str) -> str:
+  """The data folder of the run in `run_dir` as its config.json records it ("" if unknown)."""
+  try:
+    with open(os.path.join(run_dir, CONFIG_FILE), encoding="utf-8") as f:
+      return json.load(f).get("data_dir") or ""
+  except (OSError, ValueError, AttributeError):
+    return ""
+
+
+def resolve_image(stored: str | Sequence[str], run_dir: str, data_dir: str | None = None
+                  ) -> str | list[str]:
+  """The file a stored image path (`stored_image`) names today.
+
+  A relative path is looked up in the run folder first, then in `data_dir`
+  (by default the one the run's config.json records; a relative data_dir is
+  taken from the working directory, as the run took it).
+
+  Args:
+    stored: `image` of test/examples.jsonl, test/generated_reports.csv (a
+      multi-view row's paths split on ";"), predictions-*.jsonl or explain/*.json.
+    run_dir: the run folder those files are in (wherever it is now).
+    data_dir: the dataset folder; None reads it from run_dir/config.json.
+
+  Returns:
+    The path to open: absolute stays as stored; a relative one joined to the
+    run folder when it exists there, else to the data folder (else the run
+    folder's join, so an error names a sensible path).
+  """
+  if not isinstance(stored, str):
+    return [resolve_image(p, run_dir, data_dir) for p in stored]
+  if os.path.isabs(stored):
+    return stored
+  in_run = os.path.join(run_dir, stored)
+  if os.path.exists(in_run):
+    return in_run
+  data_dir = saved_data_dir(run_dir) if data_dir is None else data_dir
+  in_data = os.path.join(data_dir, stored) if data_dir else ""
+  return in_data if in_data and os.path.exists(in_data) else in_run
 
 
 def write_examples_jsonl(path: str, examples: Sequence[dict[str, Any]],

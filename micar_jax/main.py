@@ -108,6 +108,7 @@ def _dispatch(config, workdir: str, mode: str, images: list[str] | None, host: s
   from micar_jax.training import train  # pylint: disable=g-import-not-at-top
   if mode == "train":
     config_validation.check_train_split(config)
+    run_lib.save_config(config, workdir)
     train.train_and_evaluate(config, workdir)
   elif mode == "test":
     run_lib.test_best(run_lib.Run(config, workdir))
@@ -126,19 +127,12 @@ def _dispatch(config, workdir: str, mode: str, images: list[str] | None, host: s
     server.serve(config, workdir, host, port)
 
 
-class _QuietLibraries:
-  """Drops INFO chatter of checkpointing libraries from the absl log (warnings stay)."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= 30 or "orbax" not in record.pathname
-
-
 def main(argv) -> None:
   cli.expect_no_arguments(argv)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   from micar_jax import errors  # pylint: disable=g-import-not-at-top
   from micar_jax.core import status  # pylint: disable=g-import-not-at-top
   from micar_jax.training import stopping  # pylint: disable=g-import-not-at-top
+  status.plain_console_logging()
   status.quiet_backend_probing()
   stopping.raise_on_signals()
   errors.quiet_full_disk_in_threads()

@@ -1,4 +1,9 @@
-"""Validation loss over a split: the reference's mean of batch means, or the token mean."""
+"""Validation loss over a split (the reference's mean of batch means, or the token mean),
+stored image paths, and the console's score table."""
+
+import json
+import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -9,6 +14,7 @@ from micar_jax import errors, evaluate
 from micar_jax.config import defaults
 from micar_jax.core import state as state_lib
 from micar_jax.data import batch_spec
+from micar_jax.metrics import scores as scores_lib
 from micar_jax.models import model as model_lib
 from micar_jax.training import steps
 
@@ -63,3 +69,42 @@ def test_validation_loss_is_the_reference_mean_of_batch_means(eval_setup):
 def test_unknown_mean_is_a_one_line_error(eval_setup):
   with pytest.raises(errors.ConfigError, match="eval.val_loss_mean='median'"):
     evaluate.validation_loss(*eval_setup, [], lambda b: b, "median")
+
+
+def test_stored_image_paths_are_relative_to_the_run_or_data_folder(tmp_path):
+  run_dir, data_dir, elsewhere = tmp_path / "run", tmp_path / "data", tmp_path / "mine"
+  for folder in (run_dir / "data" / "images", data_dir / "images", elsewhere):
+    folder.mkdir(parents=True)
+  inside_run = run_dir / "data" / "images" / "a.png"
+  inside_data = data_dir / "images" / "b.png"
+  outside = elsewhere / "c.png"
+  for path in (inside_run, inside_data, outside):
+    path.write_bytes(b"png")
+  stored = [evaluate.stored_image(str(p), str(run_dir), str(data_dir))
+            for p in (inside_run, inside_data, outside)]
+  assert stored == [os.path.join("data", "images", "a.png"), os.path.join("images", "b.png"),
+                    str(outside)]
+  assert evaluate.stored_image([str(inside_data)], str(run_dir), str(data_dir)) == [stored[1]]
+  # The run folder moves (its synthetic data with it); the dataset stays where the config says.
+  moved = tmp_path / "moved"
+  shutil.move(str(run_dir), str(moved))
+  assert evaluate.resolve_image(stored[0], str(moved), str(data_dir)) == str(
+      moved / "data" / "images" / "a.png")
+  assert evaluate.resolve_image(stored[1], str(moved), str(data_dir)) == str(inside_data)
+  assert evaluate.resolve_image(stored[2], str(moved), str(data_dir)) == str(outside)
+  # Without a data folder given, the run's config.json says where it was.
+  with open(moved / evaluate.CONFIG_FILE, "w") as f:
+    json.dump({"data_dir": str(data_dir)}, f)
+  assert evaluate.resolve_image(stored[1:2], str(moved)) == [str(inside_data)]
+
+
+def test_the_console_shows_scores_as_a_short_table():
+  scores = scores_lib.Scores({"ref/bleu1": 0.123456, "ref/score": 0.5},
+                             {"ref/meteor": "nltk WordNet not found"},
+                             {"ref/score": "METEOR/4 term missing"})
+  assert evaluate.scores_table(scores, "test scores:").splitlines() == [
+      "test scores:",
+      "  ref/bleu1   0.1235",
+      "  ref/score   0.5000 (partial: METEOR/4 term missing)",
+      "  ref/meteor  skipped: nltk WordNet not found",
+  ]

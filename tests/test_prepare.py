@@ -499,7 +499,7 @@ def test_exif_orientation_is_counted_not_applied(tmp_path):
   result, lines, _ = _run("covctr", raw, tmp_path / "out")
   assert result.exif_oriented == 1
   assert result.summary[3] == (
-      "EXIF orientation: 1 of 9 images carry a rotate/flip tag; not applied, as the reference "
+      "EXIF orientation: 1 of 8 images carry a rotate/flip tag; not applied, as the reference "
       "(data.apply_exif_orientation=True applies it)")
   assert result.summary[4].startswith("left out 3 rows")
   # The prepared file is the raw one: pixels as stored, the tag kept.

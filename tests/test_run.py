@@ -1,4 +1,5 @@
-"""A run folder's shared pieces: testing the best checkpoint, errors, a converted vocabulary."""
+"""A run folder's shared pieces: testing the best checkpoint, errors, a converted vocabulary,
+the stored image paths and the recorded config."""
 
 import csv
 import json
@@ -7,7 +8,7 @@ import shutil
 
 import pytest
 
-from micar_jax import errors
+from micar_jax import errors, evaluate
 from micar_jax.core import run as run_lib
 from micar_jax.data import sources
 
@@ -59,3 +60,44 @@ def test_a_converted_models_vocabulary_is_in_the_one_run_config(best_run):
   assert other.tokenizer.vocab_size == run.tokenizer.vocab_size
   # The tokenizer came from the converted vocabulary, not from a new build in the workdir.
   assert not os.path.exists(tmp / "from_converted" / "token2id.json")
+
+
+def test_test_outputs_name_images_relative_to_the_data_folder_and_print_a_table(
+    tiny_run, tiny_config, capsys):
+  tmp = tiny_run("relative")
+  config = tiny_config(tmp)
+  run = run_lib.Run(config, str(tmp / "run"))
+  run_lib.test_best(run)
+  run.checkpoints.close()
+  printed = capsys.readouterr().out
+  assert "test scores (against the label-derived references" in printed
+  assert "\n  ref/bleu4  " in printed and '{"ref/' not in printed
+  test_dir = tmp / "run" / "test"
+  with open(test_dir / "generated_reports.csv", encoding="utf-8") as f:
+    csv_images = [row["image"] for row in csv.DictReader(f)]
+  with open(test_dir / "examples.jsonl", encoding="utf-8") as f:
+    jsonl_images = [json.loads(line)["image"] for line in f]
+  assert csv_images == jsonl_images and len(csv_images) == 4
+  assert all(not os.path.isabs(p) and p.startswith("images" + os.sep) for p in csv_images)
+  # Both folders move together: the stored paths still name the images.
+  moved = tmp.parent / (tmp.name + "_moved")
+  shutil.move(str(tmp), str(moved))
+  for stored in csv_images:
+    assert os.path.isfile(evaluate.resolve_image(stored, str(moved / "run"), str(moved / "data")))
+
+
+def test_a_train_run_records_its_complete_config(tiny_config, tmp_path, monkeypatch):
+  from micar_jax import main  # pylint: disable=g-import-not-at-top
+  from micar_jax.config import validation  # pylint: disable=g-import-not-at-top
+  from micar_jax.training import train  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path)
+  config.train.lr = 0.0123
+  seen = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda c, w: seen.append(
+      json.load(open(os.path.join(w, "config.json")))))
+  monkeypatch.setattr(validation, "check_train_split", lambda c: None)  # no data made here
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  main._dispatch(config, str(workdir), "train", None, "127.0.0.1", 0)  # pylint: disable=protected-access
+  assert seen and seen[0] == json.loads(config.to_json_best_effort())
+  assert seen[0]["train"]["lr"] == 0.0123 and seen[0]["data_dir"] == str(tmp_path / "data")

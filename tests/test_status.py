@@ -1,7 +1,9 @@
-"""Start-up status lines and quiet accelerator probing."""
+"""Start-up status lines, the console's log format and quiet accelerator probing."""
 
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -51,3 +53,40 @@ def test_the_probe_line_is_dropped_but_backend_warnings_stay(caplog):
   messages = [r.getMessage() for r in caplog.records]
   assert messages == ["Unable to initialize backend 'cuda': driver too old",
                       "Platform 'cpu' is experimental"]
+
+
+# main's console: the project's validation line (run_logging) and a metric suite's warning,
+# rouge-score's INFO line, a third-party warning.
+_CONSOLE_SCRIPT = """
+import logging as std_logging, sys
+from absl import app, logging
+from micar_jax.core import status
+from micar_jax.metrics import scores
+from micar_jax.training import run_logging
+
+def main(argv):
+  status.plain_console_logging()
+  logging.set_verbosity(logging.INFO)
+  found = scores.compute_scores(["the optic disc is normal ."], ["the optic disc is pale ."],
+                                suites=("reference",), wordnet_dir=sys.argv[1])
+  log = run_logging.RunLog(sys.argv[2], None)
+  log.validation(3, 0, 0.5, found, improved=True)
+  log.close()
+  std_logging.getLogger("somelib").warning("a library warning")
+
+app.run(main)
+"""
+
+
+def test_the_console_shows_the_projects_lines_plain_and_no_library_chatter(tmp_path):
+  out = subprocess.run([sys.executable, "-c", _CONSOLE_SCRIPT, str(tmp_path / "no_wordnet"),
+                        str(tmp_path)], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert "Using default tokenizer." not in out.stderr, out.stderr
+  assert lines[0].startswith("warning: ref/meteor skipped: "), out.stderr
+  assert lines[1].startswith("epoch 0 validation loss 0.5000 ref/bleu1="), out.stderr
+  assert lines[1].endswith(" (best)"), out.stderr
+  # Other libraries' warnings keep absl's prefix, which says where they came from.
+  assert len(lines) == 3 and lines[2].startswith("W") and lines[2].endswith("a library warning")

@@ -9,7 +9,7 @@ from absl import flags
 from micar_jax import cli, errors
 from micar_jax.core import weights as weights_lib
 
-_COMMANDS = ("torchvision-resnet", "official")
+_COMMANDS = ("torchvision-resnet", "official", "export-official")
 
 
 def define_flags() -> None:
@@ -19,7 +19,9 @@ def define_flags() -> None:
                       "Official model_snapshot.pth (or a .safetensors state dict).")
   flags.DEFINE_string("token2id", None, "The checkpoint's token2id.json vocabulary.")
   cli.define_config_flag(required=False, help_text="Dataset config (configs/<name>.py).")
-  flags.DEFINE_string("out", None, "Output folder.")
+  flags.DEFINE_string("out", None, "Output folder (export-official: FILE.pth or FILE.safetensors).")
+  flags.DEFINE_string("workdir", None, "export-official: the run folder.")
+  flags.DEFINE_string("step", "best", "export-official: best, latest or a step number.")
 
 
 def _require(**values) -> None:
@@ -70,14 +72,18 @@ def convert_official(checkpoint: str, token2id: str, config, config_path: str, o
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in _COMMANDS:
-    raise errors.UserError(f"expected one command, {' or '.join(_COMMANDS)}")
+    raise errors.UserError(f"expected one command: {', '.join(_COMMANDS)}")
   f = flags.FLAGS
   if argv[1] == "torchvision-resnet":
     _require(weights=f.weights, out=f.out)
     print(convert_torchvision(f.weights, f.out))
-  else:
+  elif argv[1] == "official":
     _require(checkpoint=f.checkpoint, token2id=f.token2id, config=f.config, out=f.out)
     print(convert_official(f.checkpoint, f.token2id, f.config, cli.config_path(), f.out))
+  else:
+    from micar_jax.convert import export  # pylint: disable=g-import-not-at-top
+    _require(config=f.config, workdir=f.workdir, out=f.out)
+    print(export.export_official(f.config, f.workdir, f.step, f.out, cli.config_path()))
 
 
 if __name__ == "__main__":

@@ -5,14 +5,12 @@ config (with a converted model's vocabulary filled in), the tokenizer, the
 model config, the mesh and its logical rules, and the checkpoints.
 """
 
-import json
 import os
 from typing import Any, Callable, Iterable
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 from micar_jax import decode as decode_lib
 from micar_jax import errors, evaluate
@@ -100,6 +98,20 @@ class Run:
     return examples, evaluate.score(examples, self.config, suites)
 
 
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the complete config to workdir/config.json (what `resolve_image` reads data_dir from).
+
+  Unlike run_config.json, which holds what a checkpoint must agree with, this
+  is every setting of the last training started in the folder, for a reader.
+  """
+  path = os.path.join(workdir, evaluate.CONFIG_FILE)
+  if jax.process_index() == 0:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
+    os.replace(path + ".tmp", path)
+  return path
+
+
 def test_best(run: Run, generate_fn: Callable | None = None,
               variables: dict[str, Any] | None = None) -> dict[str, Any]:
   """Tests the best checkpoint (or the given variables); writes test/generated_reports.csv
@@ -111,12 +123,16 @@ def test_best(run: Run, generate_fn: Callable | None = None,
   out = {"label_references": scores.values, "raw_references": raw.values,
          "skipped": scores.skipped, "partial": scores.partial, "num_examples": len(examples)}
   test_dir = os.path.join(run.workdir, "test")
-  evaluate.write_reports_csv(os.path.join(test_dir, "generated_reports.csv"), examples)
+  # Image paths relative to the run (or data) folder: a moved run folder still finds them.
+  stored = [dict(e, image=evaluate.stored_image(e["image"], run.workdir, run.config.data_dir))
+            for e in examples]
+  evaluate.write_reports_csv(os.path.join(test_dir, "generated_reports.csv"), stored)
   evaluate.write_json(os.path.join(test_dir, "scores.json"), out)
-  evaluate.write_examples_jsonl(os.path.join(test_dir, "examples.jsonl"), examples, run.config,
+  evaluate.write_examples_jsonl(os.path.join(test_dir, "examples.jsonl"), stored, run.config,
                                 run.config.eval.suites)
-  logging.info("test: %s", scores.summary())
-  print(f"test scores: {json.dumps(scores.values)}")
+  if run.is_lead:
+    print(evaluate.scores_table(scores, "test scores (against the label-derived references, as "
+                                        "the paper reports them):"))
   print(f"reports: {os.path.join(test_dir, 'generated_reports.csv')}")
   print(f"scores: {os.path.join(test_dir, 'scores.json')}")
   return out

@@ -112,7 +112,7 @@ class _Featurize(grain.transforms.Map):
     self.tokenizer = tokenizer
     self.resize_size, self.image_size = config.data.resize_size, config.data.image_size
     self.num_views = config.data.num_views
-    self.apply_exif_orientation = bool(config.data.get("apply_exif_orientation", False))
+    self.apply_exif_orientation = config.data.apply_exif_orientation
 
   def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
     return self.apply(element, None)
@@ -271,7 +271,7 @@ def predict_batches(
   if config.data.num_views != 1:
     raise errors.ConfigError("prediction from loose image files supports num_views=1 only")
   size, batch = config.data.image_size, config.eval.batch_size
-  apply_exif = bool(config.data.get("apply_exif_orientation", False))
+  apply_exif = config.data.apply_exif_orientation
   spec = batch_spec.BatchSpec.from_config(config, batch_size=batch)
   chunk, n_skipped = [], 0
 

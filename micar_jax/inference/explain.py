@@ -205,18 +205,19 @@ def to_record(expl: explain_figure.Explanation) -> dict[str, Any]:
           "experts": expl.experts.tolist()}
 
 
-def _write(out_dir: str, stem: str, path: str, crop: np.ndarray, expl: explain_figure.Explanation,
-           config: ml_collections.ConfigDict, num_experts: int, max_words: int,
-           header: str) -> str:
+def _write(out_dir: str, stem: str, path: str, stored_image: str, crop: np.ndarray,
+           expl: explain_figure.Explanation, config: ml_collections.ConfigDict, num_experts: int,
+           max_words: int, header: str) -> str:
+  """Writes <stem>.png and <stem>.json; the JSON names the image as `stored_image`."""
   png = os.path.join(out_dir, stem + ".png")
   # The figure shows the image as the model saw it (turned only if the config says so).
   original = np.asarray(images_lib.decode(
-      path, bool(config.data.get("apply_exif_orientation", False))))
+      path, config.data.apply_exif_orientation))
   box = explain_figure.crop_box(*original.shape[:2], config.data.resize_size,
                                 config.data.image_size)
   figure = explain_figure.render(original, box, crop, expl, num_experts, max_words, header)
   figure.savefig(png, dpi=explain_figure.DPI)
-  record = dict(to_record(expl), image=path, settings=header)
+  record = dict(to_record(expl), image=stored_image, settings=header)
   with open(os.path.join(out_dir, stem + ".json"), "w", encoding="utf-8") as f:
     json.dump(record, f)
   return png
@@ -251,7 +252,8 @@ def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
       ids, cross, experts = decode_batch(run, variables, batch["images"], batch["valid"])
       for row, path in enumerate(batch["paths"]):
         expl = summarise(ids[row], cross[row], experts[row], run.tokenizer, layer, head)
-        written.append(_write(out_dir, _out_stem(path, used), path,
+        stored = evaluate.stored_image(path, workdir, run.config.data_dir)
+        written.append(_write(out_dir, _out_stem(path, used), path, stored,
                               explain_figure.unnormalise(batch["images"][row]), expl, config,
                               mc.num_experts, max_words, header))
   if not written:

@@ -65,7 +65,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   variables = run.best_variables()
   generate_fn = run.generate_fn()
   records, skipped = {}, []
-  apply_exif = bool(run.config.data.get("apply_exif_orientation", False))
+  apply_exif = run.config.data.apply_exif_orientation
   with partitioning.use_mesh(run.mesh, run.rules):
     for batch in input_pipeline.predict_batches(run.config, paths, skipped):
       ids = evaluate.to_host(generate_fn(variables, *evaluate.device_images(run.put, batch)))

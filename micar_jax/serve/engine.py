@@ -87,8 +87,7 @@ class Engine:
       images_lib.ImageError: not a decodable image.
     """
     return images_lib.load(data, self.config.data.resize_size, self.config.data.image_size,
-                           apply_exif_orientation=bool(
-                               self.config.data.get("apply_exif_orientation", False)))
+                           apply_exif_orientation=self.config.data.apply_exif_orientation)
 
   def _decode_batch(self, images: np.ndarray, n: int) -> list[Decoded]:
     valid = np.arange(len(images)) < n  # padding rows never delay the batch's stop
