@@ -101,7 +101,7 @@ def select_step(workdir: str, step: str) -> tuple[str, int]:
 
 def restore_variables(workdir: str, kind: str, step: int, mc: model_lib.ModelConfig
                       ) -> dict[str, Any]:
-  """{params, batch_stats} of one checkpoint as float32-or-stored numpy arrays.
+  """{params, batch_stats} of one checkpoint as host numpy arrays (their stored dtypes).
 
   A best checkpoint holds exactly these; a latest one holds the whole TrainState,
   of which only they are read (the optimizer state is never loaded).
@@ -131,7 +131,8 @@ def restore_variables(workdir: str, kind: str, step: int, mc: model_lib.ModelCon
                                 missing, unexpected, wrong)
   # Only params and batch_stats, straight to host arrays: a latest step's optimizer
   # state stays on disk, and no device or mesh is needed.
-  target = flax.traverse_util.unflatten_dict({k: jax.ShapeDtypeStruct(s, np.float32) for k, s in shapes.items()})
+  target = flax.traverse_util.unflatten_dict(
+      {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in shapes.items()})
   restore_args = flax.traverse_util.unflatten_dict(
       {k: ocp.RestoreArgs(restore_type=np.ndarray) for k in shapes})
   try:
@@ -141,9 +142,26 @@ def restore_variables(workdir: str, kind: str, step: int, mc: model_lib.ModelCon
     raise errors.UserError(f"{path} cannot be read ({weights.first_line(e)})") from None
 
 
+def reference_constants(mc: model_lib.ModelConfig) -> dict[str, np.ndarray]:
+  """The reference's fixed buffers (`official.constants`) with its own position table.
+
+  Our table is the reference's bit for bit where the model ships torch's table
+  (d_model 512, up to 256 positions); elsewhere numpy's float32 exp/sin/cos differ
+  from torch's in the last bits. With torch installed the table is computed as
+  the reference's PositionalEmbedding does, so the buffer is exactly what a
+  reference model of this config holds; without it, ours (within 1e-5).
+  """
+  out = official.constants(mc)
+  table = official.torch_position_table(mc.max_len, mc.d_model)
+  if table is not None:
+    out["text_embs.pe.pe"] = table[None]
+  return out
+
+
 def to_state_dict(variables: dict[str, Any], mc: model_lib.ModelConfig) -> dict[str, np.ndarray]:
   """Our variables -> the reference's state dict, float32 (bf16 leaves widened), C-contiguous."""
   state_dict = official.variables_to_official_state_dict(variables, mc)
+  state_dict.update(reference_constants(mc))
   # kind "V": ml_dtypes' bfloat16, which safetensors' numpy writer cannot store. (Not
   # np.ascontiguousarray: it turns the 0-d num_batches_tracked into shape (1,).)
   return {k: np.asarray(v.astype(np.float32) if v.dtype.kind in "fV" else v, order="C")

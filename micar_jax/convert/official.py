@@ -1,5 +1,6 @@
 """The official PyTorch `CaptionModel` state dict <-> our {"params", "batch_stats"}."""
 
+import math
 from typing import Any
 
 import flax.traverse_util
@@ -24,6 +25,24 @@ def constants(mc: model_lib.ModelConfig) -> dict[str, np.ndarray]:
     out[f"decoder.layers.{i}.self_attention.rope.freqs"] = freqs
     out[f"decoder.layers.{i}.gated_fusion.cross_attention.rope.freqs"] = freqs
   return out
+
+
+def torch_position_table(length: int, d_model: int) -> np.ndarray | None:
+  """[length, d_model] float32 computed by torch with the reference's operations, in its
+  order and dtypes (architecture/blocks.py, PositionalEmbedding); None without torch.
+
+  torch's float32 exp/sin/cos round differently from numpy's (docs/reference_model.md §13).
+  """
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  pos = torch.arange(0, length, dtype=torch.float).unsqueeze(1)
+  div_term = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+  pe = torch.zeros(length, d_model)
+  pe[:, 0::2] = torch.sin(pos * div_term)
+  pe[:, 1::2] = torch.cos(pos * div_term)
+  return pe.numpy()
 
 
 def variable_shapes(mc: model_lib.ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:

@@ -11,12 +11,11 @@ its table equals the reference's bit for bit (docs/reference_model.md §13);
 torch gives the same bits at every CPU capability level (default, AVX2, AVX512).
 """
 
-import math
-
 import numpy as np
 from absl import flags
 
 from micar_jax import cli, errors
+from micar_jax.convert import official
 
 FLAGS = flags.FLAGS
 
@@ -28,23 +27,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("d_model", 512, "Model width (columns).")
 
 
-def torch_table(length: int, d_model: int) -> np.ndarray:
-  """[length, d_model] float32: the reference's operations, in its order and dtypes."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise errors.UserError("the table is computed by torch: pip install -e \".[torch]\"") from None
-  pos = torch.arange(0, length, dtype=torch.float).unsqueeze(1)
-  div_term = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
-  pe = torch.zeros(length, d_model)
-  pe[:, 0::2] = torch.sin(pos * div_term)
-  pe[:, 1::2] = torch.cos(pos * div_term)
-  return pe.numpy()
-
-
 def main(argv: list[str]) -> None:
   cli.expect_no_arguments(argv)
-  np.save(FLAGS.out, torch_table(FLAGS.length, FLAGS.d_model))
+  table = official.torch_position_table(FLAGS.length, FLAGS.d_model)
+  if table is None:
+    raise errors.UserError('the table is computed by torch: pip install -e ".[torch]"')
+  np.save(FLAGS.out, table)
   print(f"wrote {FLAGS.out}")
 
 
