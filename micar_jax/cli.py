@@ -17,7 +17,8 @@ A program declares its flags in a function and runs through `run`:
 or a bad flag value is one `error: ...` line, exit 2; `--help` prints the
 program's docstring and flags, exit 0) and runs `main` inside `error_tail`.
 The tail turns only the project's own user errors (`errors.UserError` and its
-subclasses) and a full disk into one line with exit 2, and a SIGINT/SIGTERM
+subclasses) and a full disk into one line with exit 2 (nothing else is printed
+about a full disk), and a SIGINT/SIGTERM
 into its line with exit 130/143; anything else is a bug and keeps its
 traceback.
 
@@ -27,8 +28,10 @@ so a rerun, or a new run of the same shapes, skips the compiles of the last one.
 
 import contextlib
 import functools
+import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -143,11 +146,70 @@ def _disk_full_message(error: BaseException) -> str:
           "command to resume from the latest checkpoint")
 
 
+class _SaveLeftovers(logging.Filter):
+  """Keeps the leftovers of a checkpoint save that ran out of disk space off the console.
+
+  An Orbax save that fails closes its event loop while TensorStore still
+  finishes the save's other writes: each of them reports RuntimeError("Event
+  loop is closed") through sys.unraisablehook (hundreds for a large state,
+  before the save's own error reaches the tail), and asyncio logs each failed
+  write task ("Task exception was never retrieved") when it is collected,
+  after the tail's line. The write tasks' disk-full errors are dropped; the
+  loop-closed reports are held until the tail knows how the run ended: a full
+  disk drops them (its one line says it all), any other ending prints them.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.held: list[str] = []
+    self.disk_full: bool | None = None  # None until the tail settles it
+    self._default_hook = None
+
+  def install(self) -> None:
+    if self._default_hook is None:
+      self._default_hook = sys.unraisablehook
+      sys.unraisablehook = self._unraisable
+      logging.getLogger("asyncio").addFilter(self)
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and errors.is_disk_full(record.exc_info[1]))
+
+  def _unraisable(self, args) -> None:
+    closed_loop = (isinstance(args.exc_value, RuntimeError)
+                   and str(args.exc_value) == "Event loop is closed")
+    if not closed_loop or self.disk_full is False:
+      self._default_hook(args)
+    elif self.disk_full is None:
+      # Formatted now: the hook's arguments must not outlive it.
+      header = (f"{args.err_msg or 'Exception ignored in'}: {args.object!r}\n"
+                if args.object is not None else "")
+      self.held.append(header + "".join(traceback.format_exception(
+          args.exc_type, args.exc_value, args.exc_traceback)))
+
+  def settle(self, disk_full: bool) -> None:
+    """Records how the run ended; prints what was held unless the disk was full."""
+    if self.disk_full is not None:
+      return
+    self.disk_full = disk_full
+    held, self.held = self.held, []
+    if held and not disk_full:
+      sys.stderr.write("".join(held))
+      sys.stderr.flush()
+
+
+_SAVE_LEFTOVERS = _SaveLeftovers()
+
+
 @contextlib.contextmanager
 def error_tail() -> Iterator[None]:
   """User errors and a full disk: one line, exit 2; signals: their line and code; bugs: raised."""
   try:
-    yield
+    try:
+      yield
+    except BaseException as e:
+      _SAVE_LEFTOVERS.settle(errors.is_disk_full(e))
+      raise
+    _SAVE_LEFTOVERS.settle(False)
   except errors.UserError as e:
     fail(str(e))
   except errors.Interrupted as e:
@@ -217,7 +279,8 @@ def run(main: Callable[[list[str]], Any],
   """Defines the flags, parses them (`parse_flags`) and runs `main(argv)` in `error_tail`.
 
   `main` may return an exit status (None is 0). The compilation cache is on
-  (`use_compilation_cache`) before `main` runs.
+  (`use_compilation_cache`) before `main` runs, and a checkpoint save that
+  fills the disk ends with the tail's one line only (`_SaveLeftovers`).
   """
   program = main.__module__
   if define_flags is not None:
@@ -225,6 +288,8 @@ def run(main: Callable[[list[str]], Any],
   # Flags defined through this module (--config) belong to the program in --help.
   for flag in flags.FLAGS.get_flags_for_module(__name__):
     flags.FLAGS.register_flag_by_module(_flags_module(program), flag)
+
+  _SAVE_LEFTOVERS.install()
 
   def main_in_tail(argv: list[str]) -> Any:
     with error_tail():

@@ -13,6 +13,10 @@ Modes:
   serve    a local web app over DIR on http://--host:--port/ (test results, per-word
            attention and experts, reports for uploaded images; needs the serve extra).
 
+DIR/config.json records the complete config of the last training started there.
+Compiled programs are kept in ~/.cache/micar_jax/jax_cache ($XDG_CACHE_HOME;
+MICAR_JAX_COMPILATION_CACHE=DIR moves it, =off disables it), so a rerun starts sooner.
+
 Overrides: any config field, e.g. `--config.train.max_steps=20`. Problems the
 user can fix are reported as one `error: ...` line (exit code 2), a diverged run
 too. SIGINT/SIGTERM end with one line and exit code 130/143. One process at a
@@ -108,7 +112,6 @@ def _dispatch(config, workdir: str, mode: str, images: list[str] | None, host: s
   from micar_jax.training import train  # pylint: disable=g-import-not-at-top
   if mode == "train":
     config_validation.check_train_split(config)
-    run_lib.save_config(config, workdir)
     train.train_and_evaluate(config, workdir)
   elif mode == "test":
     run_lib.test_best(run_lib.Run(config, workdir))

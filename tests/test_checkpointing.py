@@ -3,6 +3,7 @@
 import logging
 import os
 import subprocess
+import sys
 
 import grain
 import jax
@@ -135,3 +136,34 @@ def test_a_damaged_best_checkpoint_is_one_line(tmp_path):
   _bit_rot(path)
   with pytest.raises(checkpointing.CorruptCheckpointError, match="no intact best checkpoint"):
     checkpointing.Checkpoints(workdir).restore_best(checkpointing.abstract_like(variables))
+
+
+# A program that saves a state of many arrays into a workdir through the command line's tail.
+_MANY_ARRAYS_SCRIPT = """
+import sys
+import grain, jax
+from micar_jax import cli
+from micar_jax.core import checkpointing
+
+def main(argv):
+  state = {f"w{i}": jax.random.normal(jax.random.PRNGKey(i), (20_000,)) for i in range(345)}
+  data_iter = iter(grain.MapDataset.range(10).to_iter_dataset())
+  checkpointing.Checkpoints(argv[1]).save_latest(1, state, data_iter, {"epoch": 0})
+
+cli.run(main)
+"""
+
+
+def test_a_save_that_fills_the_disk_prints_the_one_error_line_and_nothing_else(tiny_disk):
+  # A failed save of many arrays leaves hundreds of TensorStore writes behind on a closed
+  # event loop; none of their reports may reach the console.
+  out = subprocess.run([sys.executable, "-c", _MANY_ARRAYS_SCRIPT, str(tiny_disk / "run")],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert "Event loop is closed" not in out.stderr and "Traceback" not in out.stderr, (
+      out.stderr[-3000:])
+  lines = [l for l in out.stderr.splitlines() if not l.startswith("I")]  # Orbax's INFO log
+  assert len(lines) == 1, out.stderr[-3000:]
+  assert lines[0].startswith("error: saving the latest checkpoint of step 1 failed: No space "
+                             "left on device")

@@ -87,17 +87,27 @@ def test_test_outputs_name_images_relative_to_the_data_folder_and_print_a_table(
 
 
 def test_a_train_run_records_its_complete_config(tiny_config, tmp_path, monkeypatch):
-  from micar_jax import main  # pylint: disable=g-import-not-at-top
-  from micar_jax.config import validation  # pylint: disable=g-import-not-at-top
+  from micar_jax import errors  # pylint: disable=g-import-not-at-top
   from micar_jax.training import train  # pylint: disable=g-import-not-at-top
+
+  class _Stop(Exception):
+    pass
+
+  def stop(config):
+    raise _Stop  # right after the record is written: no compile needed here
+
+  monkeypatch.setattr(train, "_check_init_paths", stop)
   config = tiny_config(tmp_path)
   config.train.lr = 0.0123
-  seen = []
-  monkeypatch.setattr(train, "train_and_evaluate", lambda c, w: seen.append(
-      json.load(open(os.path.join(w, "config.json")))))
-  monkeypatch.setattr(validation, "check_train_split", lambda c: None)  # no data made here
   workdir = tmp_path / "run"
-  workdir.mkdir()
-  main._dispatch(config, str(workdir), "train", None, "127.0.0.1", 0)  # pylint: disable=protected-access
-  assert seen and seen[0] == json.loads(config.to_json_best_effort())
-  assert seen[0]["train"]["lr"] == 0.0123 and seen[0]["data_dir"] == str(tmp_path / "data")
+  with pytest.raises(_Stop):
+    train.train_and_evaluate(config, str(workdir))
+  seen = json.load(open(workdir / "config.json"))
+  assert seen == json.loads(config.to_json_best_effort())
+  assert seen["train"]["lr"] == 0.0123 and seen["data_dir"] == str(tmp_path / "data")
+  # A config the run folder refuses (another model shape) leaves the record alone.
+  other = tiny_config(tmp_path)
+  other.model.d_model, other.model.num_heads = 48, 4
+  with pytest.raises(errors.UserError, match="incompatible config"):
+    train.train_and_evaluate(other, str(workdir))
+  assert json.load(open(workdir / "config.json")) == seen

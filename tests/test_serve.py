@@ -19,7 +19,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from micar_jax import errors  # noqa: E402
+from micar_jax import errors, evaluate  # noqa: E402
 from micar_jax.inference import explain, predict  # noqa: E402
 from micar_jax.serve import server  # noqa: E402
 from micar_jax.tools import serve_load  # noqa: E402
@@ -74,7 +74,8 @@ def test_word_attention_equals_explain(served, client, layer, head):
                     params={"layer": layer, "head": head}).json()
   cfg = config.copy_and_resolve_references()
   cfg.eval.explain_layers, cfg.eval.explain_heads = layer, head
-  explain.explain(cfg, workdir, [record["image"]])
+  # Stored relative to the data folder; explain takes a file path.
+  explain.explain(cfg, workdir, [evaluate.resolve_image(record["image"], workdir, config.data_dir)])
   stem = os.path.splitext(os.path.basename(record["image"]))[0]
   want = json.load(open(os.path.join(workdir, "explain", stem + ".json")))
   assert view["words"] == want["words"]

@@ -61,8 +61,8 @@ def browser():
 
 
 def test_results_and_example_pages_work_without_javascript(site, browser):
-  url, workdir, _ = site
-  res = results_lib.load(workdir)
+  url, workdir, engine = site
+  res = results_lib.load(workdir, engine.config.data_dir)
   context = browser.new_context(java_script_enabled=False)
   context.set_default_timeout(TIMEOUT_MS)
   page = context.new_page()
@@ -81,7 +81,7 @@ def test_results_and_example_pages_work_without_javascript(site, browser):
 
 def test_hovering_a_word_shows_its_attention_and_experts(site, browser):
   url, workdir, engine = site
-  res = results_lib.load(workdir)
+  res = results_lib.load(workdir, engine.config.data_dir)
   page = browser.new_page(viewport={"width": 1100, "height": 640})
   page.set_default_timeout(TIMEOUT_MS)
   index = max(res.examples, key=lambda e: len(e.generated.split())).index
@@ -110,8 +110,8 @@ def test_hovering_a_word_shows_its_attention_and_experts(site, browser):
 
 
 def test_uploading_an_image_gives_a_report_and_its_view(site, browser, tmp_path):
-  url, workdir, _ = site
-  image = results_lib.load(workdir).examples[0].image
+  url, workdir, engine = site
+  image = results_lib.load(workdir, engine.config.data_dir).examples[0].image
   page = browser.new_page()
   page.set_default_timeout(TIMEOUT_MS)
   page.goto(url + "/upload")

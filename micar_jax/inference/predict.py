@@ -3,7 +3,8 @@
 Each call writes a new file, DIR/predictions-<UTC time>.jsonl (an earlier
 call's file is never overwritten), one line per image in input order:
 {"image": path, "report": text} for a readable image, {"image": path,
-"report": null, "skipped": reason} for one that could not be read. An image
+"report": null, "skipped": reason} for one that could not be read (the path
+as `evaluate.stored_image` stores it; `evaluate.resolve_image` reads it). An image
 whose EXIF orientation tag is not the identity also gets "exif_orientation"
 (2..8) and a "note" saying whether it was applied (data.apply_exif_orientation,
 off by default as in the reference; see micar_jax.data.images). Reports end
@@ -65,19 +66,21 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   variables = run.best_variables()
   generate_fn = run.generate_fn()
   records, skipped = {}, []
+  # Relative to the run or data folder when inside one (a moved run keeps them), else absolute.
+  stored = lambda path: evaluate.stored_image(path, workdir, run.config.data_dir)
   apply_exif = run.config.data.apply_exif_orientation
   with partitioning.use_mesh(run.mesh, run.rules):
     for batch in input_pipeline.predict_batches(run.config, paths, skipped):
       ids = evaluate.to_host(generate_fn(variables, *evaluate.device_images(run.put, batch)))
       for row, path in enumerate(batch["paths"]):
-        records[path] = {"image": path, "report": run.tokenizer.decode_clean(ids[row]),
+        records[path] = {"image": stored(path), "report": run.tokenizer.decode_clean(ids[row]),
                          **exif_fields(path, apply_exif)}
   if not records:
     reasons = "; ".join(reason for _, reason in skipped[:SHOWN_SKIPS])
     raise errors.UserError(f"no readable images in {', '.join(images)}"
                            + (f" ({reasons})" if reasons else ""))
   for path, reason in skipped:
-    records[path] = {"image": path, "report": None, "skipped": reason}
+    records[path] = {"image": stored(path), "report": None, "skipped": reason}
   order = input_pipeline.list_images(paths)
   out_path = new_output_path(workdir)
   with open(out_path + ".tmp", "w", encoding="utf-8") as f:

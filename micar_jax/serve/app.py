@@ -49,7 +49,7 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
     max_upload_mb: largest accepted file, in MiB.
     max_files: most files in one upload request.
   """
-  res = results_lib.load(workdir)
+  res = results_lib.load(workdir, engine.config.data_dir)
   limits = uploads.Limits(max_upload_mb, max_files)
 
   @contextlib.asynccontextmanager

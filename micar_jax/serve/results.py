@@ -2,7 +2,9 @@
 
 Reads DIR/test/examples.jsonl (written by `evaluate.write_examples_jsonl`)
 and DIR/test/scores.json; a run tested before examples.jsonl existed falls
-back to generated_reports.csv, without per-example scores.
+back to generated_reports.csv, without per-example scores. Image paths are
+stored relative to the run or data folder (`evaluate.stored_image`); `load`
+turns them into file paths.
 """
 
 import csv
@@ -11,6 +13,8 @@ import json
 import os
 import re
 from typing import Sequence
+
+from micar_jax import evaluate
 
 ORDERS = ("asc", "desc")
 
@@ -44,8 +48,12 @@ class Results:
     return next((e for e in self.examples if e.index == index), None)
 
 
-def load(workdir: str) -> Results:
-  """Reads the test outputs of the run in `workdir`; missing files give empty results."""
+def load(workdir: str, data_dir: str | None = None) -> Results:
+  """Reads the test outputs of the run in `workdir`; missing files give empty results.
+
+  Image paths are resolved in the run folder, then in `data_dir` (None: the
+  one the run's config.json records), so a moved run folder keeps its images.
+  """
   test_dir = os.path.join(workdir, "test")
   scores_path = os.path.join(test_dir, "scores.json")
   scores = {}
@@ -64,6 +72,8 @@ def load(workdir: str) -> Results:
                   for i, r in enumerate(csv.DictReader(f))]
   else:
     examples = []
+  examples = [dataclasses.replace(e, image=evaluate.resolve_image(e.image, workdir, data_dir))
+              for e in examples]
   keys = list(dict.fromkeys(k for e in examples for k in e.scores))
   return Results(examples, scores.get("label_references", {}), scores.get("skipped", {}), keys)
 

@@ -177,6 +177,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   scores_lib.check_selection(config.train.select_suite, config.train.select_key)
   run = run_lib.Run(config, workdir)
   config = run.config
+  # After Run's check of run_config.json, so a refused config never replaces the record.
+  if run.is_lead:
+    run_lib.save_config(config, workdir)
   problem = run.batch_spec.divisibility_problem(sharding.batch_shards(run.mesh))
   if problem:
     raise errors.UserError(problem)
