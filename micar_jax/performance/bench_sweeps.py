@@ -24,10 +24,11 @@ import ml_collections
 from micar_jax.core import sharding
 from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
-from micar_jax.models import partitioning
+from micar_jax.models import moe, partitioning
 from micar_jax.performance import device_memory, timing
 
-MOE_VARIANTS = ("sort", "sort_pallas", "einsum", "expert_parallel")
+# Every dispatch the model registers, plus sort with the GPU Pallas grouped matmul.
+MOE_VARIANTS = (*moe.DISPATCH, "sort_pallas")
 PALLAS_FLAG = "jax_ragged_dot_use_gpu_pallas_triton_lowering"
 # Retries below the predicted largest batch, each 10 % smaller, when it does not fit.
 BATCH_RETRIES = 3
