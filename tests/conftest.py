@@ -2,11 +2,13 @@
 
 Setup: 8 simulated CPU devices, parsed absl flags, a shared compile cache.
 Fixtures: config loading, the tiny synthetic config, a tiny run folder with a
-best checkpoint, the sharp tiny decoding model, and a served tiny run.
+best checkpoint (and its two-view variant), the sharp tiny decoding model, and a
+served tiny run.
 """
 
 import contextlib
 import importlib.util
+import json
 import os
 import pathlib
 import shutil
@@ -32,6 +34,7 @@ import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 from micar_jax.config import defaults  # noqa: E402
+from micar_jax.core import checkpointing  # noqa: E402
 from micar_jax.core import run as run_lib  # noqa: E402
 from micar_jax.models import model as model_lib  # noqa: E402
 
@@ -112,6 +115,31 @@ def tiny_run(tmp_path_factory, _tiny_run_template):
     folder = tmp_path_factory.mktemp(name)
     shutil.copytree(_tiny_run_template, folder, dirs_exist_ok=True)
     return folder
+  return copy
+
+
+@pytest.fixture(scope="session")
+def tiny_two_view_run(tiny_run):
+  """tiny_two_view_run(name) -> (folder, config): a tiny_run copy made two-view.
+
+  Row i of each split of data/ becomes the study [image i, image i+1 (cyclic)]
+  with row i's report, and config is tiny_config(folder) with data.num_views=2.
+  The best checkpoint is tiny_run's (no parameter depends on the view count).
+  """
+  def copy(name):
+    folder = tiny_run(name)
+    for split in ("train", "val", "test"):
+      path = folder / "data" / f"{split}.jsonl"
+      rows = [json.loads(line) for line in path.read_text().splitlines()]
+      path.write_text("".join(
+          json.dumps({"image": [r["image"], rows[(i + 1) % len(rows)]["image"]],
+                      "report": r["report"]}) + "\n" for i, r in enumerate(rows)))
+    # The checkpoint's recorded model config must agree with the two-view config.
+    run_config = folder / "run" / checkpointing.RUN_CONFIG
+    run_config.write_text(json.dumps(dict(json.loads(run_config.read_text()), num_views=2)))
+    config = _tiny_config(folder)
+    config.data.num_views = 2
+    return folder, config
   return copy
 
 

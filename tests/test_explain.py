@@ -89,9 +89,10 @@ def test_explain_rejects_bad_settings_and_unreadable_input(run_dir):
   bad.eval.explain_heads = "7"
   with pytest.raises(errors.UserError, match="explain_heads=7 is out of range for 4 heads"):
     explain.explain(bad, workdir, [str(images)])
+  # Two-view configs are explained now (below), but not with this one-view checkpoint.
   two_views = config.copy_and_resolve_references()
   two_views.data.num_views = 2
-  with pytest.raises(errors.UserError, match="num_views=1"):
+  with pytest.raises(errors.UserError, match="num_views: 1 -> 2"):
     explain.explain(two_views, workdir, [str(images)])
 
 
@@ -160,3 +161,43 @@ def test_reported_experts_are_the_ones_each_moe_layer_sowed(sharp_tiny_model):
                      for i in range(mc.num_layers)], axis=2)  # [b, T, L, top_k]
   assert len(np.unique(routed[:, ran])) > 1
   np.testing.assert_array_equal(np.asarray(experts)[:, ran], routed[:, ran])
+
+
+def test_two_view_explain_shows_both_views_and_splits_the_attention(tiny_two_view_run):
+  folder, config = tiny_two_view_run("explain_two_view")
+  config.eval.explain_max_words = 3
+  workdir = str(folder / "run")
+  mc = run_lib.Run(config, workdir).model_config
+  study = folder / "mine" / "s1"
+  study.mkdir(parents=True)
+  for v, view in enumerate(("test_000000", "test_000001")):
+    shutil.copy(folder / "data" / "images" / f"{view}.png", study / f"{v}.png")
+  (png,) = explain.explain(config, workdir, [str(folder / "mine")])
+  assert os.path.basename(png) == "s1.png"
+  record = json.load(open(png[:-len(".png")] + ".json"))
+  assert record["study"] == "s1" and [os.path.basename(p) for p in record["images"]] == [
+      "0.png", "1.png"]
+  n = len(record["words"])
+  attention = np.asarray(record["attention"])
+  assert n and attention.shape == (n, 2, mc.pool_size, mc.pool_size)
+  # Per word, the two views' maps together hold all of its attention.
+  share = attention.sum(axis=(2, 3))
+  np.testing.assert_allclose(share, record["view_share"], atol=1e-4)
+  np.testing.assert_allclose(share.sum(axis=1), 1.0, atol=1e-3)
+  assert np.all(share > 0)
+  (predicted,) = map(json.loads, open(predict.predict(config, workdir, [str(study)])))
+  assert predicted["report"] == record["report"]
+  with Image.open(png) as img:
+    pixels = np.asarray(img.convert("RGB"))
+  width, height = fig.figure_inches(min(n, 3) * 2, mc.num_layers, mc.num_experts)
+  assert pixels.shape == (round(height * fig.DPI), round(width * fig.DPI), 3)
+  assert pixels.std() > 20
+
+
+def test_summarise_splits_two_views_tokens_in_order():
+  tok = WordTokenizer.build(["no lesion seen"], 1, 8)
+  ids = np.array([SOS, tok.token2id["no"], EOS])
+  cross = np.random.default_rng(0).random((2, 1, 1, 2 * 4))
+  expl = explain.summarise(ids, cross, np.zeros((2, 1, 2), int), tok, None, None, num_views=2)
+  np.testing.assert_allclose(expl.attention[0, 0], cross[0, 0, 0, :4].reshape(2, 2))
+  np.testing.assert_allclose(expl.attention[0, 1], cross[0, 0, 0, 4:].reshape(2, 2))

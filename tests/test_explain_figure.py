@@ -40,3 +40,21 @@ def test_unnormalise_inverts_preprocessing():
   rgb = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
   restored = explain_figure.unnormalise(images_lib.normalize(Image.fromarray(rgb)))
   np.testing.assert_array_equal(restored, rgb)
+
+
+def test_render_shows_every_view_of_a_study():
+  rng = np.random.default_rng(0)
+  attention = rng.dirichlet(np.ones(2 * 49), size=2).reshape(2, 2, 7, 7)
+  expl = explain_figure.Explanation(["a", "b"], attention, rng.integers(0, 4, (2, 1, 2)), 0, "a b")
+  originals = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(2)]
+  boxes = [explain_figure.crop_box(60, 80, 36, 32)] * 2
+  crops = np.stack([o[:32, :32] for o in originals])
+  fig = explain_figure.render(originals, boxes, crops, expl, 4, 24, "settings")
+  overlays = [im for ax in fig.axes for im in ax.get_images()
+              if im.get_array().ndim == 2 and im.get_cmap().name == explain_figure.CMAP]
+  assert len(overlays) == 4  # 2 words x 2 views, one colour scale
+  assert all(im.norm is overlays[0].norm for im in overlays)
+  titles = [ax.get_title() for ax in fig.axes]
+  assert sum(t.startswith("view ") for t in titles) == 4  # each view's file and crop
+  assert f"1: a v2 {attention[0, 1].sum():.0%}" in " ".join(titles)
+  assert "uniform 1/98" in [t.get_text() for ax in fig.axes for t in ax.texts]

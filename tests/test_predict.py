@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from micar_jax import errors
+from micar_jax.core import run as run_lib
 from micar_jax.inference import predict
 
 
@@ -68,3 +69,41 @@ def test_predict_notes_an_exif_orientation_it_does_not_apply(tiny_run, tiny_conf
   assert rows[0]["exif_orientation"] == 6
   assert rows[0]["note"] == "EXIF orientation 6 applied (data.apply_exif_orientation=True)"
   assert "exif_orientation" not in rows[1]
+
+
+def test_two_view_predict_matches_test_mode_per_study(tiny_two_view_run, capsys):
+  folder, config = tiny_two_view_run("predict_two_view")
+  workdir = str(folder / "run")
+  run = run_lib.Run(config, workdir)
+  run_lib.test_best(run)
+  run.checkpoints.close()
+  tested = {tuple(e["image"]): e["generated"]
+            for e in map(json.loads, open(folder / "run" / "test" / "examples.jsonl"))}
+  # (b) the prepared test split itself as the study list, plus a malformed row.
+  listing = folder / "data" / "studies.jsonl"  # views relative to the list's folder
+  listing.write_text((folder / "data" / "test.jsonl").read_text()
+                     + json.dumps({"image": ["images/test_000000.png"]}) + "\n")
+  rows = [json.loads(l) for l in open(predict.predict(config, workdir, [str(listing)]))]
+  assert len(rows) == 5 and rows[-1]["report"] is None and "1 image file" in rows[-1]["skipped"]
+  assert [r["study"] for r in rows] == [f"studies-{n}" for n in range(1, 6)]
+  for r in rows[:4]:
+    assert len(r["images"]) == 2 and tested[tuple(r["images"])] == r["report"]
+  assert "4 reports, 1 skipped" in capsys.readouterr().out
+  # (a) a folder of study folders, views in sorted file-name order; a one-view study is skipped.
+  studies = folder / "mine"
+  for name, views in (("s1", ("test_000000", "test_000001")), ("s2", ("test_000002",))):
+    (studies / name).mkdir(parents=True)
+    for v, view in enumerate(views):
+      shutil.copy(folder / "data" / "images" / f"{view}.png", studies / name / f"{v}.png")
+  rows = [json.loads(l) for l in open(predict.predict(config, workdir, [str(studies)]))]
+  assert [r["study"] for r in rows] == ["s1", "s2"]
+  assert rows[0]["report"] == tested[("images/test_000000.png", "images/test_000001.png")]
+  assert rows[0]["images"] == [str(studies / "s1" / "0.png"), str(studies / "s1" / "1.png")]
+  assert rows[1]["report"] is None and "num_views=2" in rows[1]["skipped"]
+  # One study folder by itself, and its views named as loose images is a user error.
+  (only,) = map(json.loads, open(predict.predict(config, workdir, [str(studies / "s1")])))
+  assert only["report"] == rows[0]["report"]
+  with pytest.raises(errors.UserError, match="study folders"):
+    predict.predict(config, workdir, [str(studies / "s1" / "0.png")])
+  with pytest.raises(errors.UserError, match="no readable studies"):
+    predict.predict(config, workdir, [str(studies / "s2")])

@@ -14,6 +14,12 @@ of `decode`, keeping what every step's layers sowed (the cross-attention
 probabilities and the MoE's chosen experts), so the figures show the routing
 the model actually used.
 
+With config.data.num_views > 1 the inputs are studies (as --mode=predict
+takes them) and each figure, explain/<study>.{png,json}, shows every view: the
+encoder concatenates the views' pool_size² tokens in view order, so a word's
+cross-attention splits into one grid per view, and the grids of all views of
+a word sum to its whole attention (1).
+
 Config (config.eval): explain_layers / explain_heads ("mean" or an index,
 negative counts from the end) pick or average decoder layers / heads;
 explain_max_words caps the attention panels.
@@ -143,21 +149,24 @@ def _reduce(x: np.ndarray, axis: int, index: int | None) -> np.ndarray:
 
 
 def summarise(ids: np.ndarray, cross: np.ndarray, experts: np.ndarray,
-              tokenizer: tokenizer_lib.Tokenizer, layer: int | None, head: int | None
-              ) -> explain_figure.Explanation:
+              tokenizer: tokenizer_lib.Tokenizer, layer: int | None, head: int | None,
+              num_views: int = 1) -> explain_figure.Explanation:
   """One row of `greedy_with_attention` as per-word attention grids.
 
   Args:
     ids: [T + 1] generated ids (`<sos>` first; step t chose ids[t + 1]).
-    cross: [T, L, H, n_img] cross-attention of step t; n_img must be a square grid.
+    cross: [T, L, H, n_img] cross-attention of step t; n_img must be num_views square
+      grids (the views' tokens one after another).
     experts: [T, L, top_k] routed experts of step t.
     tokenizer: maps ids to words.
     layer: decoder layer to show, None = mean over layers.
     head: attention head to show, None = mean over heads.
+    num_views: views per example; above 1 the attention is [n_words, V, grid, grid].
   """
-  grid = math.isqrt(cross.shape[-1])
-  if grid * grid != cross.shape[-1]:
-    raise ValueError(f"{cross.shape[-1]} image tokens are not a square grid (one view only)")
+  per_view = cross.shape[-1] // num_views
+  grid = math.isqrt(per_view)
+  if grid * grid != per_view or per_view * num_views != cross.shape[-1]:
+    raise ValueError(f"{cross.shape[-1]} image tokens are not {num_views} square grid(s)")
   attention = _reduce(_reduce(cross, 1, layer), 1, head)  # [T, n_img]
   steps, after_eos, seen_eos = [], 0, False
   for t, token in enumerate(int(i) for i in ids[1:]):
@@ -169,7 +178,8 @@ def summarise(ids: np.ndarray, cross: np.ndarray, experts: np.ndarray,
       else:
         steps.append(t)
   words = [tokenizer.detokenize([int(ids[t + 1])]) for t in steps]
-  return explain_figure.Explanation(words, attention[steps].reshape(len(steps), grid, grid),
+  views = (num_views,) if num_views > 1 else ()
+  return explain_figure.Explanation(words, attention[steps].reshape(len(steps), *views, grid, grid),
                      np.asarray(experts)[steps], after_eos, tokenizer.decode_clean(ids))
 
 
@@ -205,19 +215,37 @@ def to_record(expl: explain_figure.Explanation) -> dict[str, Any]:
           "experts": expl.experts.tolist()}
 
 
-def _write(out_dir: str, stem: str, path: str, stored_image: str, crop: np.ndarray,
-           expl: explain_figure.Explanation, config: ml_collections.ConfigDict, num_experts: int,
-           max_words: int, header: str) -> str:
-  """Writes <stem>.png and <stem>.json; the JSON names the image as `stored_image`."""
-  png = os.path.join(out_dir, stem + ".png")
+def _original(path: str, config: ml_collections.ConfigDict
+              ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
   # The figure shows the image as the model saw it (turned only if the config says so).
-  original = np.asarray(images_lib.decode(
-      path, config.data.apply_exif_orientation))
-  box = explain_figure.crop_box(*original.shape[:2], config.data.resize_size,
-                                config.data.image_size)
-  figure = explain_figure.render(original, box, crop, expl, num_experts, max_words, header)
+  original = np.asarray(images_lib.decode(path, config.data.apply_exif_orientation))
+  return original, explain_figure.crop_box(*original.shape[:2], config.data.resize_size,
+                                           config.data.image_size)
+
+
+def _write(out_dir: str, stem: str, path: str | list[str], stored_image: str | list[str],
+           crop: np.ndarray, expl: explain_figure.Explanation,
+           config: ml_collections.ConfigDict, num_experts: int, max_words: int, header: str
+           ) -> str:
+  """Writes <stem>.png and <stem>.json; the JSON names the image as `stored_image`.
+
+  A study (path a list of V view files, crop [V, S, S, 3]) gets a figure with
+  every view; its JSON names the study and adds each word's share per view.
+  """
+  png = os.path.join(out_dir, stem + ".png")
+  if isinstance(path, str):
+    original, box = _original(path, config)
+    figure = explain_figure.render(original, box, crop, expl, num_experts, max_words, header)
+    extra = {"image": stored_image}
+  else:
+    originals, boxes = zip(*(_original(p, config) for p in path))
+    figure = explain_figure.render(list(originals), list(boxes), crop, expl, num_experts,
+                                   max_words, header)
+    share = expl.attention.reshape(*expl.attention.shape[:2], -1).sum(-1)  # [n_words, V]
+    extra = {"study": stem, "images": stored_image,
+             "view_share": np.round(share.astype(np.float64), 5).tolist()}
   figure.savefig(png, dpi=explain_figure.DPI)
-  record = dict(to_record(expl), image=stored_image, settings=header)
+  record = dict(to_record(expl), **extra, settings=header)
   with open(os.path.join(out_dir, stem + ".json"), "w", encoding="utf-8") as f:
     json.dump(record, f)
   return png
@@ -226,14 +254,15 @@ def _write(out_dir: str, stem: str, path: str, stored_image: str, crop: np.ndarr
 def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[str]) -> list[str]:
   """Writes DIR/explain/<stem>.png and .json per readable image with the best checkpoint.
 
+  With config.data.num_views > 1: DIR/explain/<study>.png and .json per readable
+  study (`input_pipeline.list_studies`).
+
   Returns:
     The PNG paths, in input order.
 
   Raises:
-    errors.UserError: multi-view config, bad explain settings, or no readable image.
+    errors.UserError: bad explain settings, or no readable image (study).
   """
-  if config.data.num_views != 1:
-    raise errors.UserError("--mode=explain supports single-view configs (data.num_views=1) only")
   from micar_jax.core import run as run_lib  # pylint: disable=g-import-not-at-top
   run = run_lib.Run(config, workdir)
   mc = run.model_config
@@ -246,18 +275,27 @@ def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   out_dir = os.path.join(workdir, "explain")
   os.makedirs(out_dir, exist_ok=True)
   paths = images[0] if len(images) == 1 else list(images)
-  written, used = [], set()
+  written, used, skipped = [], set(), []
+  num_views = config.data.num_views
   with partitioning.use_mesh(run.mesh, run.rules):
-    for batch in input_pipeline.predict_batches(config, paths):
+    for batch in input_pipeline.predict_batches(config, paths, skipped):
       ids, cross, experts = decode_batch(run, variables, batch["images"], batch["valid"])
       for row, path in enumerate(batch["paths"]):
-        expl = summarise(ids[row], cross[row], experts[row], run.tokenizer, layer, head)
+        expl = summarise(ids[row], cross[row], experts[row], run.tokenizer, layer, head,
+                         num_views)
         stored = evaluate.stored_image(path, workdir, run.config.data_dir)
-        written.append(_write(out_dir, _out_stem(path, used), path, stored,
+        # Study names are unique already (list_studies).
+        stem = batch["studies"][row].name if num_views > 1 else _out_stem(path, used)
+        written.append(_write(out_dir, stem, path, stored,
                               explain_figure.unnormalise(batch["images"][row]), expl, config,
                               mc.num_experts, max_words, header))
+  what = "images" if num_views == 1 else "studies"
   if not written:
-    raise errors.UserError(f"no readable images in {', '.join(images)}")
+    reasons = "; ".join(reason for _, reason in skipped[:3]) if num_views > 1 else ""
+    raise errors.UserError(f"no readable {what} in {', '.join(images)}"
+                           + (f" ({reasons})" if reasons else ""))
   logging.info("wrote %d explanations", len(written))
-  print(f"explanations: {out_dir} ({len(written)} images)")
+  print(f"explanations: {out_dir} ({len(written)} {what})")
+  for name, reason in skipped[:3] if num_views > 1 else ():
+    print(f"  skipped study {name}: {reason}")
   return written

@@ -11,12 +11,18 @@ off by default as in the reference; see micar_jax.data.images). Reports end
 at the first `<eos>` (the words the reference keeps after it, and scores with
 eval.keep_after_eos, are not part of what a reader sees), so they match
 --mode=explain's for the same image and greedy decoding.
+
+With config.data.num_views > 1 the inputs are studies (`input_pipeline.list_studies`:
+study folders, a folder of them, or a CSV/JSONL list) and each line is one study
+in listing order: {"study": name, "images": [view paths], "report": text}, or
+"report": null and "skipped": reason; "exif_orientation" is then the list of
+the views' tags.
 """
 
 import json
 import os
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import ml_collections
 from absl import logging
@@ -53,18 +59,20 @@ def exif_fields(path: str, applied: bool) -> dict[str, int | str]:
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[str]) -> str:
-  """Generates one report per readable image with the best checkpoint.
+  """Generates one report per readable image (or study) with the best checkpoint.
 
   Returns:
     The path of the new predictions file.
 
   Raises:
-    errors.UserError: no image could be read (nothing is written).
+    errors.UserError: no image (or study) could be read (nothing is written).
   """
   run = run_lib.Run(config, workdir)
   paths = images[0] if len(images) == 1 else list(images)
   variables = run.best_variables()
   generate_fn = run.generate_fn()
+  if run.config.data.num_views > 1:
+    return _predict_studies(run, workdir, images, paths, variables, generate_fn)
   records, skipped = {}, []
   # Relative to the run or data folder when inside one (a moved run keeps them), else absolute.
   stored = lambda path: evaluate.stored_image(path, workdir, run.config.data_dir)
@@ -104,3 +112,61 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
                "not applied, as the reference (data.apply_exif_orientation=True applies it; "
                "exif_orientation in the file)"))
   return out_path
+
+
+def _write_lines(workdir: str, records: Sequence[dict[str, Any]]) -> str:
+  out_path = new_output_path(workdir)
+  with open(out_path + ".tmp", "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record) + "\n")
+  os.replace(out_path + ".tmp", out_path)
+  return out_path
+
+
+def _predict_studies(run: run_lib.Run, workdir: str, images: Sequence[str],
+                     paths: str | Sequence[str], variables: Any, generate_fn: Any) -> str:
+  """`predict` for num_views > 1: one line per listed study."""
+  records, skipped = {}, []
+  stored = lambda views: evaluate.stored_image(views, workdir, run.config.data_dir)
+  apply_exif = run.config.data.apply_exif_orientation
+  with partitioning.use_mesh(run.mesh, run.rules):
+    for batch in input_pipeline.predict_batches(run.config, paths, skipped):
+      ids = evaluate.to_host(generate_fn(variables, *evaluate.device_images(run.put, batch)))
+      for row, study in enumerate(batch["studies"]):
+        records[study.name] = {"study": study.name, "images": stored(study.views),
+                               "report": run.tokenizer.decode_clean(ids[row]),
+                               **_study_exif_fields(study.views, apply_exif)}
+  if not records:
+    reasons = "; ".join(reason for _, reason in skipped[:SHOWN_SKIPS])
+    raise errors.UserError(f"no readable studies in {', '.join(images)}"
+                           + (f" ({reasons})" if reasons else ""))
+  studies = input_pipeline.list_studies(paths, run.config.data.num_views)
+  for name, reason in skipped:
+    views = next(s.views for s in studies if s.name == name)
+    records[name] = {"study": name, "images": stored(views), "report": None, "skipped": reason}
+  out_path = _write_lines(workdir, [records[s.name] for s in studies if s.name in records])
+  count = len(records) - len(skipped)
+  oriented = sum("exif_orientation" in r for r in records.values())
+  logging.info("wrote %d reports, skipped %d studies", count, len(skipped))
+  if run.is_lead:
+    print(f"predictions: {out_path} ({count} reports, {len(skipped)} skipped)")
+    for name, reason in skipped[:SHOWN_SKIPS]:
+      print(f"  skipped study {name}: {reason}")
+    if len(skipped) > SHOWN_SKIPS:
+      print(f"  ... and {len(skipped) - SHOWN_SKIPS} more (listed in the file)")
+    if oriented:
+      print(f"  {oriented} stud{'y has' if oriented == 1 else 'ies have'} a view with an EXIF "
+            "orientation tag (exif_orientation in the file; data.apply_exif_orientation="
+            f"{apply_exif})")
+  return out_path
+
+
+def _study_exif_fields(views: Sequence[str], applied: bool) -> dict[str, Any]:
+  """{"exif_orientation": [per view], "note"} when a view's tag is not the identity, else {}."""
+  orientations = [images_lib.exif_orientation(p) for p in views]
+  if all(o == 1 for o in orientations):
+    return {}
+  note = ("EXIF orientations applied (data.apply_exif_orientation=True)" if applied
+          else "EXIF orientations not applied, as the reference; "
+          "data.apply_exif_orientation=True applies them")
+  return {"exif_orientation": orientations, "note": note}
