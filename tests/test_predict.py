@@ -62,7 +62,7 @@ def test_predict_notes_an_exif_orientation_it_does_not_apply(tiny_run, tiny_conf
   assert rows[0]["note"] == ("EXIF orientation 6 not applied, as the reference; "
                              "data.apply_exif_orientation=True applies it")
   assert "exif_orientation" not in rows[1] and "note" not in rows[1]
-  assert "1 image carries an EXIF orientation tag that was not applied" in capsys.readouterr().out
+  assert "1 of the images carry an EXIF orientation tag that was not applied" in capsys.readouterr().out
   with config.unlocked():
     config.data.apply_exif_orientation = True
   rows = [json.loads(l) for l in open(predict.predict(config, workdir, [str(images)]))]

@@ -96,22 +96,29 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
       if path in records:
         f.write(json.dumps(records[path]) + "\n")
   os.replace(out_path + ".tmp", out_path)
+  _summarise(run, out_path, records, skipped, "images", "")
+  return out_path
+
+
+def _summarise(run: run_lib.Run, out_path: str, records: dict[str, Any],
+               skipped: Sequence[tuple[str, str]], unit: str, label: str) -> None:
+  """Logs and (process 0) prints what a predict call wrote: counts, skips, EXIF tags."""
   count = len(records) - len(skipped)
   oriented = sum("exif_orientation" in r for r in records.values())
-  logging.info("wrote %d reports, skipped %d images", count, len(skipped))
-  if run.is_lead:
-    print(f"predictions: {out_path} ({count} reports, {len(skipped)} skipped)")
-    for path, reason in skipped[:SHOWN_SKIPS]:
-      print(f"  skipped {path}: {reason}")
-    if len(skipped) > SHOWN_SKIPS:
-      print(f"  ... and {len(skipped) - SHOWN_SKIPS} more (listed in the file)")
-    if oriented:
-      images_word = "image carries" if oriented == 1 else "images carry"
-      print(f"  {oriented} {images_word} an EXIF orientation tag that was "
-            + ("applied (data.apply_exif_orientation=True)" if apply_exif else
-               "not applied, as the reference (data.apply_exif_orientation=True applies it; "
-               "exif_orientation in the file)"))
-  return out_path
+  logging.info("wrote %d reports, skipped %d %s", count, len(skipped), unit)
+  if not run.is_lead:
+    return
+  print(f"predictions: {out_path} ({count} reports, {len(skipped)} skipped)")
+  for name, reason in skipped[:SHOWN_SKIPS]:
+    print(f"  skipped {label}{name}: {reason}")
+  if len(skipped) > SHOWN_SKIPS:
+    print(f"  ... and {len(skipped) - SHOWN_SKIPS} more (listed in the file)")
+  if oriented:
+    applied = run.config.data.apply_exif_orientation
+    print(f"  {oriented} of the {unit} carry an EXIF orientation tag that was "
+          + ("applied (data.apply_exif_orientation=True)" if applied else
+             "not applied, as the reference (data.apply_exif_orientation=True applies it; "
+             "exif_orientation in the file)"))
 
 
 def _write_lines(workdir: str, records: Sequence[dict[str, Any]]) -> str:
@@ -145,19 +152,7 @@ def _predict_studies(run: run_lib.Run, workdir: str, images: Sequence[str],
     views = next(s.views for s in studies if s.name == name)
     records[name] = {"study": name, "images": stored(views), "report": None, "skipped": reason}
   out_path = _write_lines(workdir, [records[s.name] for s in studies if s.name in records])
-  count = len(records) - len(skipped)
-  oriented = sum("exif_orientation" in r for r in records.values())
-  logging.info("wrote %d reports, skipped %d studies", count, len(skipped))
-  if run.is_lead:
-    print(f"predictions: {out_path} ({count} reports, {len(skipped)} skipped)")
-    for name, reason in skipped[:SHOWN_SKIPS]:
-      print(f"  skipped study {name}: {reason}")
-    if len(skipped) > SHOWN_SKIPS:
-      print(f"  ... and {len(skipped) - SHOWN_SKIPS} more (listed in the file)")
-    if oriented:
-      print(f"  {oriented} stud{'y has' if oriented == 1 else 'ies have'} a view with an EXIF "
-            "orientation tag (exif_orientation in the file; data.apply_exif_orientation="
-            f"{apply_exif})")
+  _summarise(run, out_path, records, skipped, "studies", "study ")
   return out_path
 
 
