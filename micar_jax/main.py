@@ -20,9 +20,11 @@ MICAR_JAX_COMPILATION_CACHE=DIR moves it, =off disables it), so a rerun starts s
 Overrides: any config field, e.g. `--config.train.max_steps=20`. Problems the
 user can fix are reported as one `error: ...` line (exit code 2), a diverged run
 too. SIGINT/SIGTERM end with one line and exit code 130/143. One process at a
-time works in DIR (train/test/predict/explain hold DIR/.lock.<process index>).
+time works in DIR (train/test/predict/explain hold DIR/.lock.<process index>); serve
+only reads DIR and takes no lock, so it can browse a run while it trains.
 """
 
+import contextlib
 import os
 
 from absl import flags, logging
@@ -39,7 +41,8 @@ def define_flags() -> None:
                       "Run folder (checkpoints, metrics, reports); default runs/<config.dataset>.")
   flags.DEFINE_enum("mode", "train", ["train", "test", "predict", "explain", "summary", "serve"],
                     "What to do.")
-  flags.DEFINE_list("images", None, "Image files or one directory (predict, explain).")
+  flags.DEFINE_list("images", None, "Image files or one directory (predict, explain); for "
+                    "multi-view configs, study folders or a CSV/JSONL list of studies.")
   flags.DEFINE_string("host", "127.0.0.1", "Address --mode=serve listens on.")
   flags.DEFINE_integer("port", 8080, "Port --mode=serve listens on (0 picks a free one).")
 
@@ -83,14 +86,17 @@ def run(config, workdir: str | None, mode: str, images: list[str] | None,
       print(f"vocab_size={vocab} (the run folder's tokenizer)")
     print(summary.format_summary(summary.abstract_variables(mc)["params"]))
     return
-  workdir = _prepare_workdir(workdir or os.path.join("runs", config.dataset))
+  workdir = workdir or os.path.join("runs", config.dataset)
+  # serve only reads DIR (and takes no lock), so it can browse a run while it trains.
+  read_only = mode == "serve"
+  workdir = workdir if read_only else _prepare_workdir(workdir)
   print(f"run folder: {os.path.abspath(workdir)}", flush=True)
   from micar_jax.data import registry  # pylint: disable=g-import-not-at-top
   if registry.DATASETS[config.dataset].generated and not config.data_dir:
     from micar_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     config.data_dir = synthetic.data_dir_in(workdir)
     print(f"synthetic data: {config.data_dir}", flush=True)
-    if not os.path.exists(os.path.join(config.data_dir, "train.jsonl")):
+    if not read_only and not os.path.exists(os.path.join(config.data_dir, "train.jsonl")):
       from micar_jax.core import status  # pylint: disable=g-import-not-at-top
       with status.phase("generating the synthetic dataset"):
         synthetic.ensure_synthetic(config)
@@ -98,7 +104,8 @@ def run(config, workdir: str | None, mode: str, images: list[str] | None,
   import jax  # pylint: disable=g-import-not-at-top
 
   from micar_jax.training import workdir_lock  # pylint: disable=g-import-not-at-top
-  with workdir_lock.hold(workdir, mode, jax.process_index()):
+  with contextlib.nullcontext() if read_only else workdir_lock.hold(workdir, mode,
+                                                                     jax.process_index()):
     _dispatch(config, workdir, mode, images, host, port)
 
 

@@ -63,3 +63,25 @@ def test_each_process_index_has_its_own_lock(tmp_path):
     with pytest.raises(errors.UserError, match="in use"):
       with workdir_lock.hold(str(tmp_path), "train", process_index=0):
         pass
+
+
+def test_holder_names_the_live_holder_without_taking_the_lock(tmp_path):
+  assert workdir_lock.holder(str(tmp_path)) is None  # no lock file: nobody, and none is made
+  assert not os.listdir(tmp_path)
+  proc = start_holder(tmp_path)
+  try:
+    info = workdir_lock.holder(str(tmp_path))
+    assert info["pid"] == proc.pid and info["mode"] == "train"
+    assert info["host"] == socket.gethostname()
+    # Asking took nothing: the holder keeps it and a second writer is still refused.
+    with pytest.raises(errors.UserError, match="in use by train"):
+      with workdir_lock.hold(str(tmp_path), "test"):
+        pass
+  finally:
+    proc.kill()
+    proc.wait()
+  # SIGKILL leaves the record but not the process: no holder.
+  assert workdir_lock.holder(str(tmp_path)) is None
+  with workdir_lock.hold(str(tmp_path), "test"):
+    assert workdir_lock.holder(str(tmp_path))["mode"] == "test"
+  assert workdir_lock.holder(str(tmp_path)) is None

@@ -8,6 +8,12 @@
   GET  /api/{examples|uploads}/{key}/view?layer=&head=   per-word view (explain's record)
   GET  /crops/{examples|uploads}/{key}.png                the crop the network saw
   GET  /api/stats                 batches run and images decoded so far
+  GET  /api/progress              the run's progress (step, epoch, last validation) and
+                                  which best checkpoint step is served
+
+While the run has no best checkpoint yet (it is training), the pages that need
+the model answer 503 with a one-line message; the results page shows the
+progress. Test results are read again when the run writes new ones.
 
 Bad uploads get a 4xx with a one-line message: 415 for a type other than PNG or
 JPEG, 413 over config.serve.max_upload_mb per file or more than
@@ -31,6 +37,7 @@ from micar_jax import errors
 from micar_jax.data import images as images_lib
 from micar_jax.inference import explain_figure
 from micar_jax.serve import engine as engine_lib
+from micar_jax.serve import live as live_lib
 from micar_jax.serve import pages, uploads
 from micar_jax.serve import results as results_lib
 
@@ -39,24 +46,52 @@ STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 UploadError = uploads.UploadError
 
 
-def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 20.0,
-               max_files: int = 64) -> fastapi.FastAPI:
+def create_app(engine: engine_lib.Engine | live_lib.Live, workdir: str,
+               max_upload_mb: float = 20.0, max_files: int = 64) -> fastapi.FastAPI:
   """The app over the run in `workdir`; compiles `engine`'s batch function on startup.
 
   Args:
-    engine: decodes images (owned by the caller, who closes it).
+    engine: decodes images (owned by the caller, who closes it); a `live.Live`
+      also follows the run's best checkpoint while it trains.
     workdir: the run folder whose test/ outputs are listed.
     max_upload_mb: largest accepted file, in MiB.
     max_files: most files in one upload request.
   """
-  res = results_lib.load(workdir, engine.config.data_dir)
+  live = engine if isinstance(engine, live_lib.Live) else live_lib.Live.of(engine, workdir)
+  data_dir = getattr(live.config, "data_dir", None)
   limits = uploads.Limits(max_upload_mb, max_files)
+  tested: dict[str, Any] = {"stamp": None, "res": results_lib.load(workdir, data_dir)}
+
+  def current_results() -> results_lib.Results:
+    """The test results, read again when the run (its final test) rewrote them."""
+    stamp = []
+    for name in ("scores.json", "examples.jsonl", "generated_reports.csv"):
+      try:
+        info = os.stat(os.path.join(workdir, "test", name))
+        stamp.append((info.st_mtime_ns, info.st_size))
+      except OSError:
+        stamp.append(None)
+    if tested["stamp"] is None:
+      tested["stamp"] = stamp
+    elif stamp != tested["stamp"]:
+      try:
+        tested["res"], tested["stamp"] = results_lib.load(workdir, data_dir), stamp
+      except (OSError, ValueError, TypeError):
+        pass  # still being written: the previous results until it is whole
+    return tested["res"]
+
+  def current_engine() -> engine_lib.Engine:
+    if live.engine is None:
+      raise fastapi.HTTPException(503, live.error or (
+          f"the run in {workdir} has no best checkpoint yet; this page works once training "
+          "saves one (see / for its progress)"))
+    return live.engine
 
   @contextlib.asynccontextmanager
   async def lifespan(_):
     # Compiling in the background keeps the first page fast; requests queue behind it.
     stop = threading.Event()
-    warm_up = threading.Thread(target=engine.warm_up, args=(stop,), name="warm-up", daemon=True)
+    warm_up = threading.Thread(target=live.run, args=(stop,), name="warm-up", daemon=True)
     warm_up.start()
     yield
     # An XLA compile cannot be interrupted; exiting under it aborts the process.
@@ -68,30 +103,33 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
   html = responses.HTMLResponse
 
   def example_or_404(index: int) -> results_lib.Example:
-    example = res.get(index)
+    example = current_results().get(index)
     if example is None:
       raise fastapi.HTTPException(404, f"no test example {index}")
     return example
 
   def upload_or_404(uid: str) -> tuple[str, engine_lib.Decoded]:
-    found = engine.recall(("upload", uid))
+    found = current_engine().recall(("upload", uid))
     if found is None:
       raise fastapi.HTTPException(404, f"no upload {uid} (uploads are kept in memory only)")
     return found
 
   async def decode(image) -> engine_lib.Decoded:
-    return await asyncio.wrap_future(engine.submit(image))
+    return await asyncio.wrap_future(current_engine().submit(image))
 
   async def example_decoded(index: int) -> engine_lib.Decoded:
     example = example_or_404(index)
-    decoded = engine.recall(("example", index))
+    engine = current_engine()
+    # Keyed by the served step: a newer best checkpoint decodes the example afresh.
+    key = ("example", index, live.best_step)
+    decoded = engine.recall(key)
     if decoded is None:
       try:
         image = await asyncio.to_thread(engine.preprocess, example.image)
       except images_lib.ImageError as e:
         raise fastapi.HTTPException(404, str(e)) from None
       decoded = await decode(image)
-      engine.remember(("example", index), decoded)
+      engine.remember(key, decoded)
     return decoded
 
   async def read_uploads(request: fastapi.Request) -> list[tuple[str, Any]]:
@@ -100,6 +138,7 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
     Raises:
       UploadError: any file is refused (none is decoded by the model then).
     """
+    engine = current_engine()
     loaded = []
     async with contextlib.aclosing(
         uploads.read_files(request.headers, request.stream(), limits)) as files:
@@ -122,7 +161,7 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
     out = []
     for (name, _), d in zip(loaded, decoded):
       uid = uuid.uuid4().hex[:12]
-      engine.remember(("upload", uid), (name, d))
+      current_engine().remember(("upload", uid), (name, d))
       out.append((name, uid, d.report))
     return out
 
@@ -136,11 +175,14 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
   async def http_error(request: fastapi.Request, e: exceptions.HTTPException):
     if request.url.path.startswith(("/api/", "/crops/")):
       return responses.JSONResponse({"error": e.detail}, status_code=e.status_code)
+    if e.status_code == 503:
+      return html(pages.not_ready(str(e.detail)), status_code=503)
     return html(pages.not_found(str(e.detail)), status_code=e.status_code)
 
   @app.get("/", response_class=html)
   def results_page(word: str = "", sort: str = "index", order: str = "asc",
                    min_score: str = ""):
+    res = current_results()
     sort = sort if sort in res.score_keys else "index"
     order = order if order in results_lib.ORDERS else "asc"
     try:
@@ -148,10 +190,12 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
     except ValueError:
       threshold = None
     shown = results_lib.select(res.examples, word, sort, order, threshold)
-    return pages.results_page(res, shown, word, sort, order, threshold)
+    return pages.results_page(res, shown, word, sort, order, threshold,
+                              pages.progress_panel(live.status()))
 
   @app.get("/examples/{index}", response_class=html)
   def example_page(index: int):
+    res = current_results()
     example = example_or_404(index)
     position = res.examples.index(example)
     neighbour = lambda i: res.examples[i].index if 0 <= i < len(res.examples) else None
@@ -177,6 +221,8 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
     return pages.upload_page(uid, name, decoded.report)
 
   def view(decoded: engine_lib.Decoded, layer: str, head: str) -> dict[str, Any]:
+    engine = current_engine()
+    layer, head = layer or engine.default_layer, head or engine.default_head
     try:
       return engine.view(decoded, layer, head)
     except errors.UserError as e:
@@ -185,11 +231,11 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
   @app.get("/api/examples/{index}/view")
   async def example_view(index: int, layer: str = "", head: str = ""):
     decoded = await example_decoded(index)
-    return view(decoded, layer or engine.default_layer, head or engine.default_head)
+    return view(decoded, layer, head)
 
   @app.get("/api/uploads/{uid}/view")
   def upload_view(uid: str, layer: str = "", head: str = ""):
-    return view(upload_or_404(uid)[1], layer or engine.default_layer, head or engine.default_head)
+    return view(upload_or_404(uid)[1], layer, head)
 
   png = lambda crop: responses.Response(engine_lib.png_bytes(crop), media_type="image/png",
                                         headers={"Cache-Control": "max-age=3600"})
@@ -197,7 +243,7 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
   @app.get("/crops/examples/{index}.png")
   def example_crop(index: int):
     try:
-      image = engine.preprocess(example_or_404(index).image)
+      image = current_engine().preprocess(example_or_404(index).image)
     except images_lib.ImageError as e:
       raise fastapi.HTTPException(404, str(e)) from None
     return png(explain_figure.unnormalise(image))
@@ -206,8 +252,13 @@ def create_app(engine: engine_lib.Engine, workdir: str, max_upload_mb: float = 2
   def upload_crop(uid: str):
     return png(upload_or_404(uid)[1].crop)
 
+  @app.get("/api/progress")
+  def progress():
+    return live.status()
+
   @app.get("/api/stats")
   def stats():
+    engine = current_engine()
     return {"batches": engine.batcher.calls, "images": engine.batcher.rows,
             "batch_sizes": engine.batcher.sizes}
 

@@ -11,6 +11,8 @@ ended), so an image's report would change with the traffic. Cut, it is what
 other than "greedy" the report comes from predict's generate function and the
 words explained are the greedy ones.
 The per-word view is `explain.summarise` of the recorded attention and experts.
+`load_best` swaps in a newer best checkpoint between two batches (a run that
+is still training saves one after each better validation).
 """
 
 import collections
@@ -58,6 +60,9 @@ class Engine:
     config: the run config.
     workdir: the run folder (its best checkpoint, or config.init_from, is used).
     max_wait_s: how long a request waits for others to share its batch.
+
+  Attributes:
+    best_step: the step of the best checkpoint served (None: config.init_from's weights).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, max_wait_s: float):
@@ -65,7 +70,12 @@ class Engine:
       raise errors.UserError("--mode=serve supports single-view configs (data.num_views=1) only")
     self.run = run_lib.Run(config, workdir)
     self.config = self.run.config
-    self.variables = self.run.best_variables()
+    self._abstract = self.run.abstract_variables()
+    self.best_step: int | None = None
+    self._bad_steps: set[int] = set()
+    if not self.load_best():
+      # No best checkpoint: config.init_from's weights, or the one-line "no best checkpoint yet".
+      self.variables = self.run.best_variables()
     mc = self.run.model_config
     self.num_layers, self.num_heads, self.num_experts = mc.num_layers, mc.num_heads, mc.num_experts
     # The view's defaults are explain's settings (checked here, once).
@@ -80,6 +90,35 @@ class Engine:
     self._cache: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
     self._lock = threading.Lock()
 
+  def load_best(self) -> bool:
+    """Loads the newest intact best checkpoint if it is newer than the one served.
+
+    The variables are swapped in whole, so a batch runs on one checkpoint; the
+    shapes and shardings are the restore target's, so no batch size recompiles.
+
+    Returns:
+      Whether a newer checkpoint was loaded (`best_step` is its step).
+
+    Raises:
+      checkpointing.CorruptCheckpointError: no best step is intact.
+    """
+    ckpts = self.run.checkpoints
+    # The manager lists the steps it saw when created: the trainer saves new ones since.
+    ckpts.best.reload()
+    steps = sorted(ckpts.best.all_steps(), reverse=True)
+    if not steps or steps[0] in self._bad_steps or (
+        self.best_step is not None and steps[0] <= self.best_step):
+      return False
+    skipped = len(ckpts.unusable)
+    restored = ckpts.restore_best(self._abstract)
+    bad = {int(u.split(":", 1)[0].split("/")[1]) for u in ckpts.unusable[skipped:]}
+    self._bad_steps |= bad
+    step = next((s for s in steps if s not in bad), None)
+    if restored is None or step is None or (self.best_step is not None and step <= self.best_step):
+      return False
+    self.variables, self.best_step = restored[0], step
+    return True
+
   def preprocess(self, data: str | bytes) -> np.ndarray:
     """An image file or encoded bytes -> float32 [S, S, 3], as predict and explain load it.
 
@@ -91,10 +130,11 @@ class Engine:
 
   def _decode_batch(self, images: np.ndarray, n: int) -> list[Decoded]:
     valid = np.arange(len(images)) < n  # padding rows never delay the batch's stop
+    variables = self.variables  # one checkpoint per batch, while `load_best` swaps them
     with partitioning.use_mesh(self.run.mesh, self.run.rules):
-      ids, cross, experts = explain.decode_batch(self.run, self.variables, images, valid)
+      ids, cross, experts = explain.decode_batch(self.run, variables, images, valid)
       report_ids = ids if self._generate_fn is None else evaluate.to_host(self._generate_fn(
-          self.variables, *evaluate.device_images(self.run.put,
+          variables, *evaluate.device_images(self.run.put,
                                                   {"images": images, "valid": valid})))
     return [Decoded(self.run.tokenizer.decode_clean(report_ids[i]), explain_figure.unnormalise(images[i]), ids[i],
                     cross[i], experts[i]) for i in range(n)]

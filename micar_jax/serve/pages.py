@@ -6,7 +6,7 @@ to the pages that have a `#viewer` element.
 
 import html
 import urllib.parse
-from typing import Sequence
+from typing import Any, Sequence
 
 from micar_jax.serve import results as results_lib
 
@@ -46,12 +46,47 @@ def _corpus_table(corpus: dict[str, float], skipped: dict[str, str]) -> str:
   return f'<table class="corpus"><caption>Corpus scores (test split)</caption>{cells}</table>'
 
 
+def progress_panel(status: dict[str, Any]) -> str:
+  """The run's progress and the served checkpoint (`live.Live.status`), as a <section>."""
+  lines = []
+  holder = status.get("in_use_by")
+  if holder:
+    lines.append(f"{html.escape(str(holder.get('mode')))} in progress (pid "
+                 f"{html.escape(str(holder.get('pid')))} on {html.escape(str(holder.get('host')))})")
+  if status.get("step") is not None:
+    lines.append(f"step <span id=\"progress-step\">{status['step']}</span>, epoch "
+                 f"<span id=\"progress-epoch\">{status.get('epoch')}</span>")
+  val = status.get("validation")
+  if val:
+    scores = ", ".join(f"{html.escape(k[4:])} {_fmt(v)}" for k, v in sorted(val.items())
+                       if k.startswith("val_") and k != "val_best" and isinstance(v, (int, float)))
+    lines.append(f"last validation (step {val.get('step')}, epoch {val.get('epoch')}): {scores}")
+  served, saved = status.get("best_step_served"), status.get("best_step_saved")
+  if served is not None:
+    newer = f" (step {saved} is saved; it loads shortly)" if saved is not None and saved > served else ""
+    lines.append(f"serving the best checkpoint of step <span id=\"served-step\">{served}</span>"
+                 f"{newer}")
+  elif status.get("model_loaded"):
+    lines.append("serving config.init_from's weights (the run has no best checkpoint yet)")
+  else:
+    lines.append("no best checkpoint yet: the model loads when training saves one "
+                 "(reload this page)")
+  if status.get("error"):
+    lines.append(f'<span class="error">{html.escape(status["error"])}</span>')
+  return ('<section class="progress" id="progress"><h2>Run</h2><ul>'
+          + "".join(f"<li>{line}</li>" for line in lines) + "</ul></section>")
+
+
 def results_page(res: results_lib.Results, shown: Sequence[Example], word: str, sort: str,
-                 order: str, min_score: float | None) -> str:
-  """The test results: corpus scores, a filter form, one table row per shown example."""
+                 order: str, min_score: float | None, progress: str = "") -> str:
+  """The test results: corpus scores, a filter form, one table row per shown example.
+
+  `progress` (HTML, e.g. `progress_panel`) comes first.
+  """
   if not res.examples:
-    return _page("Test results", "<h1>Test results</h1><p class=\"empty\">This run has no test "
-                 "results yet: run <code>--mode=test</code> (or train), then reload.</p>")
+    return _page("Test results", f"{progress}<h1>Test results</h1><p class=\"empty\">This run "
+                 "has no test results yet: run <code>--mode=test</code> (or train), then "
+                 "reload.</p>")
 
   def sort_link(key: str, label: str) -> str:
     flip = "asc" if (sort == key and order == "desc") else "desc"
@@ -82,7 +117,7 @@ def results_page(res: results_lib.Results, shown: Sequence[Example], word: str, 
   table = (f'<table class="examples"><thead><tr><th>{sort_link("index", "#")}</th><th>image</th>'
            f"<th>generated</th><th>reference</th>{head}</tr></thead>"
            f"<tbody>{''.join(rows)}</tbody></table>")
-  body = (f"<h1>Test results</h1>{_corpus_table(res.corpus, res.skipped)}{form}"
+  body = (f"{progress}<h1>Test results</h1>{_corpus_table(res.corpus, res.skipped)}{form}"
           f'<p class="count">{len(shown)} of {len(res.examples)} examples; '
           f"<mark>marked</mark> words appear in the other report.</p>{table}")
   return _page("Test results", body)
@@ -148,6 +183,12 @@ def upload_page(uid: str, name: str, report: str) -> str:
           f'<section class="compare"><div><h2>report</h2><p>{html.escape(report)}</p></div>'
           "</section>")
   return _page(name, body)
+
+
+def not_ready(message: str) -> str:
+  """A page that needs the model before the run has a best checkpoint."""
+  return _page("Not ready", f'<h1>Not ready yet</h1><p class="error">{html.escape(message)}</p>'
+                            '<p><a href="/">the run\'s progress</a></p>')
 
 
 def not_found(what: str) -> str:

@@ -2,6 +2,8 @@
 
 uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal, so
 the process ends like every mode: one line and exit code 130/143.
+Serving only reads the run folder and takes no lock, so a run can be browsed
+while it trains (`micar_jax.serve.live`).
 """
 
 import socket
@@ -14,9 +16,12 @@ from micar_jax import errors
 def serve(config: ml_collections.ConfigDict, workdir: str, host: str, port: int) -> None:
   """Loads the run's best checkpoint and serves the web app (blocks).
 
+  A run without a best checkpoint yet is served without the model until
+  training saves one; a newer best replaces the served one.
+
   Raises:
     errors.UserError: the serve extra is not installed, the address is taken,
-      or the run has no checkpoint.
+      or the run's checkpoint or config cannot be served.
   """
   try:
     # pylint: disable=g-import-not-at-top,unused-import
@@ -27,21 +32,24 @@ def serve(config: ml_collections.ConfigDict, workdir: str, host: str, port: int)
     raise errors.UserError(f"--mode=serve needs the serve extra ({e.name} is not installed): "
                            "pip install -e '.[serve]'") from None
   from micar_jax.serve import app as app_lib  # pylint: disable=g-import-not-at-top
-  from micar_jax.serve import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from micar_jax.serve import live as live_lib  # pylint: disable=g-import-not-at-top
   sock = listen(host, port)
   try:
-    engine = engine_lib.Engine(config, workdir, float(config.serve.max_wait_ms) / 1000)
+    live = live_lib.Live(config, workdir, float(config.serve.max_wait_ms) / 1000)
   except BaseException:
     sock.close()
     raise
   try:
-    app = app_lib.create_app(engine, workdir, float(config.serve.max_upload_mb),
+    if live.engine is None:
+      print(f"{workdir} has no best checkpoint yet: serving the run's progress; the model loads "
+            "when training saves one", flush=True)
+    app = app_lib.create_app(live, workdir, float(config.serve.max_upload_mb),
                              int(config.serve.max_files))
     bound_port = sock.getsockname()[1]
     print(f"serving {workdir} on http://{host}:{bound_port}/ (Ctrl-C stops)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
   finally:
-    engine.close()
+    live.close()
     sock.close()
 
 

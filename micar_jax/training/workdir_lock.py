@@ -6,6 +6,10 @@ process of a multi-host run takes its own file. The holder writes its PID, host
 and mode into the file so that a refused process can say who holds it. flock
 is advisory and local to one machine's kernel on some network filesystems
 (older NFS): there it does not stop a run started on another machine.
+
+`--mode=serve` only reads a workdir and takes no lock, so it can browse a run
+that trains; `holder` tells it who holds the lock without touching it (a
+probe with flock, however brief, could refuse a trainer starting meanwhile).
 """
 
 import contextlib
@@ -14,7 +18,7 @@ import json
 import os
 import socket
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 from micar_jax import errors
 
@@ -30,6 +34,29 @@ def _holder(fd: int) -> str:
     return f"{info['mode']} (pid {info['pid']} on host {info['host']})"
   except (OSError, ValueError, KeyError, UnicodeDecodeError):
     return "another process (still starting)"
+
+
+def holder(workdir: str, process_index: int = 0) -> dict[str, Any] | None:
+  """{pid, host, mode, since} of the process holding the lock, or None (read-only).
+
+  Read from the lock file, which a holder empties when it ends; a holder killed
+  with SIGKILL leaves its record, so a PID of this host that no longer runs
+  counts as no holder.
+  """
+  try:
+    with open(lock_path(workdir, process_index), encoding="utf-8") as f:
+      info = json.loads(f.read(4096))
+    pid, host = int(info["pid"]), str(info["host"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None  # no file, an empty one (released), or a holder still writing it
+  if host == socket.gethostname():
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return None
+    except PermissionError:
+      pass  # another user's live process
+  return info
 
 
 @contextlib.contextmanager
