@@ -12,7 +12,7 @@ import pytest
 from micar_jax import errors
 from micar_jax.config import defaults
 from micar_jax.data import input_pipeline as ip
-from micar_jax.data import jsonl, sources, synthetic
+from micar_jax.data import jsonl, predict_inputs, sources, synthetic
 from micar_jax.data import tokenizer as tl
 
 
@@ -170,7 +170,7 @@ def test_predict_batches_from_directory(tmp_path, data_dir):
   (tmp_path / "notes.txt").write_text("ignored")
   c = _config(data_dir)
   c.eval.batch_size = 2
-  batches = list(ip.predict_batches(c, str(tmp_path)))
+  batches = list(predict_inputs.predict_batches(c, str(tmp_path)))
   assert [b["valid"].tolist() for b in batches] == [[True, True], [True, False]]
   assert [len(b["paths"]) for b in batches] == [2, 1]
   assert batches[1]["images"].shape == (2, 16, 16, 3) and (batches[1]["images"][1] == 0).all()

@@ -39,7 +39,7 @@ from absl import logging
 
 from micar_jax import decode, errors, evaluate
 from micar_jax.data import images as images_lib
-from micar_jax.data import input_pipeline
+from micar_jax.data import predict_inputs
 from micar_jax.data import tokenizer as tokenizer_lib
 from micar_jax.inference import explain_figure
 from micar_jax.models import model as model_lib
@@ -255,7 +255,7 @@ def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   """Writes DIR/explain/<stem>.png and .json per readable image with the best checkpoint.
 
   With config.data.num_views > 1: DIR/explain/<study>.png and .json per readable
-  study (`input_pipeline.list_studies`).
+  study (`predict_inputs.list_studies`).
 
   Returns:
     The PNG paths, in input order.
@@ -278,7 +278,7 @@ def explain(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   written, used, skipped = [], set(), []
   num_views = config.data.num_views
   with partitioning.use_mesh(run.mesh, run.rules):
-    for batch in input_pipeline.predict_batches(config, paths, skipped):
+    for batch in predict_inputs.predict_batches(config, paths, skipped):
       ids, cross, experts = decode_batch(run, variables, batch["images"], batch["valid"])
       for row, path in enumerate(batch["paths"]):
         expl = summarise(ids[row], cross[row], experts[row], run.tokenizer, layer, head,

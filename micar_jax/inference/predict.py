@@ -12,7 +12,7 @@ at the first `<eos>` (the words the reference keeps after it, and scores with
 eval.keep_after_eos, are not part of what a reader sees), so they match
 --mode=explain's for the same image and greedy decoding.
 
-With config.data.num_views > 1 the inputs are studies (`input_pipeline.list_studies`:
+With config.data.num_views > 1 the inputs are studies (`predict_inputs.list_studies`:
 study folders, a folder of them, or a CSV/JSONL list) and each line is one study
 in listing order: {"study": name, "images": [view paths], "report": text}, or
 "report": null and "skipped": reason; "exif_orientation" is then the list of
@@ -30,7 +30,7 @@ from absl import logging
 from micar_jax import errors, evaluate
 from micar_jax.core import run as run_lib
 from micar_jax.data import images as images_lib
-from micar_jax.data import input_pipeline
+from micar_jax.data import predict_inputs
 from micar_jax.models import partitioning
 
 # Skipped images named on the console; the file lists them all.
@@ -78,7 +78,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
   stored = lambda path: evaluate.stored_image(path, workdir, run.config.data_dir)
   apply_exif = run.config.data.apply_exif_orientation
   with partitioning.use_mesh(run.mesh, run.rules):
-    for batch in input_pipeline.predict_batches(run.config, paths, skipped):
+    for batch in predict_inputs.predict_batches(run.config, paths, skipped):
       ids = evaluate.to_host(generate_fn(variables, *evaluate.device_images(run.put, batch)))
       for row, path in enumerate(batch["paths"]):
         records[path] = {"image": stored(path), "report": run.tokenizer.decode_clean(ids[row]),
@@ -89,7 +89,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
                            + (f" ({reasons})" if reasons else ""))
   for path, reason in skipped:
     records[path] = {"image": stored(path), "report": None, "skipped": reason}
-  order = input_pipeline.list_images(paths)
+  order = predict_inputs.list_images(paths)
   out_path = new_output_path(workdir)
   with open(out_path + ".tmp", "w", encoding="utf-8") as f:
     for path in order:
@@ -137,7 +137,7 @@ def _predict_studies(run: run_lib.Run, workdir: str, images: Sequence[str],
   stored = lambda views: evaluate.stored_image(views, workdir, run.config.data_dir)
   apply_exif = run.config.data.apply_exif_orientation
   with partitioning.use_mesh(run.mesh, run.rules):
-    for batch in input_pipeline.predict_batches(run.config, paths, skipped):
+    for batch in predict_inputs.predict_batches(run.config, paths, skipped):
       ids = evaluate.to_host(generate_fn(variables, *evaluate.device_images(run.put, batch)))
       for row, study in enumerate(batch["studies"]):
         records[study.name] = {"study": study.name, "images": stored(study.views),
@@ -147,7 +147,7 @@ def _predict_studies(run: run_lib.Run, workdir: str, images: Sequence[str],
     reasons = "; ".join(reason for _, reason in skipped[:SHOWN_SKIPS])
     raise errors.UserError(f"no readable studies in {', '.join(images)}"
                            + (f" ({reasons})" if reasons else ""))
-  studies = input_pipeline.list_studies(paths, run.config.data.num_views)
+  studies = predict_inputs.list_studies(paths, run.config.data.num_views)
   for name, reason in skipped:
     views = next(s.views for s in studies if s.name == name)
     records[name] = {"study": name, "images": stored(views), "report": None, "skipped": reason}
