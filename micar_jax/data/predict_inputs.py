@@ -9,10 +9,11 @@ batches of the shape `batch_spec.BatchSpec` gives (padding rows invalid).
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -184,39 +185,63 @@ def list_studies(paths: str | os.PathLike | Sequence[str], num_views: int) -> li
   return unique
 
 
-def _study_batches(config: ml_collections.ConfigDict, paths: str | os.PathLike | Sequence[str],
-                   skipped: list[tuple[str, str]] | None) -> Iterator[dict[str, Any]]:
-  """`predict_batches` for num_views > 1: one row per readable study."""
-  size, batch = config.data.image_size, config.eval.batch_size
-  apply_exif = config.data.apply_exif_orientation
+def _read_in_batches(config: ml_collections.ConfigDict, entries: Sequence[Any],
+                     load: Callable[[Any], np.ndarray], name: Callable[[Any], str],
+                     describe: Callable[[Any, Exception], str], units: tuple[str, str],
+                     skipped: list[tuple[str, str]] | None
+                     ) -> Iterator[tuple[list[Any], np.ndarray, np.ndarray]]:
+  """(readable entries, images [B, ...] zero-padded, valid [B]) per eval batch.
+
+  `load(entry)` gives one row's images ([H, W, 3] or [V, H, W, 3]) or raises
+  ImageError; such an entry is skipped: warned about as `describe(entry, error)`,
+  appended to `skipped` as (name(entry), reason) and counted in `units`
+  (singular, plural) at the end.
+  """
+  batch = config.eval.batch_size
   spec = batch_spec.BatchSpec.from_config(config, batch_size=batch)
   chunk, n_skipped = [], 0
 
-  def emit() -> dict[str, Any]:
+  def emit() -> tuple[list[Any], np.ndarray, np.ndarray]:
     out = spec.zeros(("images",))["images"]
-    out[:len(chunk)] = [views for _, views in chunk]
-    return {"images": out, "valid": np.arange(batch) < len(chunk),
-            "paths": [s.views for s, _ in chunk], "studies": [s for s, _ in chunk]}
+    out[:len(chunk)] = [images for _, images in chunk]
+    return [entry for entry, _ in chunk], out, np.arange(batch) < len(chunk)
 
-  for study in list_studies(paths, config.data.num_views):
+  for entry in entries:
     try:
-      if study.problem:
-        raise images_lib.ImageError(study.problem)
-      chunk.append((study, np.stack([
-          images_lib.load(p, config.data.resize_size, size, apply_exif_orientation=apply_exif)
-          for p in study.views])))
+      chunk.append((entry, load(entry)))
     except images_lib.ImageError as e:
       n_skipped += 1
-      logging.warning("skipping study %s: %s", study.name, e)
+      logging.warning("skipping %s", describe(entry, e))
       if skipped is not None:
-        skipped.append((study.name, str(e)))
+        skipped.append((name(entry), str(e)))
     if len(chunk) == batch:
       yield emit()
       chunk = []
   if chunk:
     yield emit()
   if n_skipped:
-    logging.warning("skipped %d unreadable stud%s", n_skipped, "y" if n_skipped == 1 else "ies")
+    logging.warning("skipped %d unreadable %s", n_skipped, units[n_skipped != 1])
+
+
+def _study_batches(config: ml_collections.ConfigDict, paths: str | os.PathLike | Sequence[str],
+                   skipped: list[tuple[str, str]] | None) -> Iterator[dict[str, Any]]:
+  """`predict_batches` for num_views > 1: one row per readable study."""
+  def load(study: Study) -> np.ndarray:
+    if study.problem:
+      raise images_lib.ImageError(study.problem)
+    return np.stack([_load_image(config, p) for p in study.views])
+
+  for studies, images, valid in _read_in_batches(
+      config, list_studies(paths, config.data.num_views), load, lambda s: s.name,
+      lambda s, e: f"study {s.name}: {e}", ("study", "studies"), skipped):
+    yield {"images": images, "valid": valid, "paths": [s.views for s in studies],
+           "studies": studies}
+
+
+def _load_image(config: ml_collections.ConfigDict, path: str) -> np.ndarray:
+  """One image as the network sees it: [image_size, image_size, 3] float32."""
+  return images_lib.load(path, config.data.resize_size, config.data.image_size,
+                         apply_exif_orientation=config.data.apply_exif_orientation)
 
 
 def predict_batches(
@@ -241,30 +266,7 @@ def predict_batches(
   if config.data.num_views != 1:
     yield from _study_batches(config, paths, skipped)
     return
-  size, batch = config.data.image_size, config.eval.batch_size
-  apply_exif = config.data.apply_exif_orientation
-  spec = batch_spec.BatchSpec.from_config(config, batch_size=batch)
-  chunk, n_skipped = [], 0
-
-  def emit() -> dict[str, Any]:
-    out = spec.zeros(("images",))["images"]
-    out[:len(chunk)] = [img for _, img in chunk]
-    return {"images": out, "valid": np.arange(batch) < len(chunk),
-            "paths": [p for p, _ in chunk]}
-
-  for path in list_images(paths):
-    try:
-      chunk.append((path, images_lib.load(path, config.data.resize_size, size,
-                                          apply_exif_orientation=apply_exif)))
-    except images_lib.ImageError as e:
-      n_skipped += 1
-      logging.warning("skipping %s", e)
-      if skipped is not None:
-        skipped.append((path, str(e)))
-    if len(chunk) == batch:
-      yield emit()
-      chunk = []
-  if chunk:
-    yield emit()
-  if n_skipped:
-    logging.warning("skipped %d unreadable image(s)", n_skipped)
+  for paths_read, images, valid in _read_in_batches(
+      config, list_images(paths), functools.partial(_load_image, config), lambda p: p,
+      lambda p, e: str(e), ("image(s)", "image(s)"), skipped):
+    yield {"images": images, "valid": valid, "paths": paths_read}

@@ -83,21 +83,22 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: Sequence[st
       for row, path in enumerate(batch["paths"]):
         records[path] = {"image": stored(path), "report": run.tokenizer.decode_clean(ids[row]),
                          **exif_fields(path, apply_exif)}
-  if not records:
-    reasons = "; ".join(reason for _, reason in skipped[:SHOWN_SKIPS])
-    raise errors.UserError(f"no readable images in {', '.join(images)}"
-                           + (f" ({reasons})" if reasons else ""))
+  _refuse_if_empty(records, skipped, images, "images")
   for path, reason in skipped:
     records[path] = {"image": stored(path), "report": None, "skipped": reason}
-  order = predict_inputs.list_images(paths)
-  out_path = new_output_path(workdir)
-  with open(out_path + ".tmp", "w", encoding="utf-8") as f:
-    for path in order:
-      if path in records:
-        f.write(json.dumps(records[path]) + "\n")
-  os.replace(out_path + ".tmp", out_path)
+  out_path = _write_lines(
+      workdir, [records[p] for p in predict_inputs.list_images(paths) if p in records])
   _summarise(run, out_path, records, skipped, "images", "")
   return out_path
+
+
+def _refuse_if_empty(records: dict[str, Any], skipped: Sequence[tuple[str, str]],
+                     images: Sequence[str], unit: str) -> None:
+  """Raises errors.UserError (nothing is written) when no image or study could be read."""
+  if not records:
+    reasons = "; ".join(reason for _, reason in skipped[:SHOWN_SKIPS])
+    raise errors.UserError(f"no readable {unit} in {', '.join(images)}"
+                           + (f" ({reasons})" if reasons else ""))
 
 
 def _summarise(run: run_lib.Run, out_path: str, records: dict[str, Any],
@@ -143,10 +144,7 @@ def _predict_studies(run: run_lib.Run, workdir: str, images: Sequence[str],
         records[study.name] = {"study": study.name, "images": stored(study.views),
                                "report": run.tokenizer.decode_clean(ids[row]),
                                **_study_exif_fields(study.views, apply_exif)}
-  if not records:
-    reasons = "; ".join(reason for _, reason in skipped[:SHOWN_SKIPS])
-    raise errors.UserError(f"no readable studies in {', '.join(images)}"
-                           + (f" ({reasons})" if reasons else ""))
+  _refuse_if_empty(records, skipped, images, "studies")
   studies = predict_inputs.list_studies(paths, run.config.data.num_views)
   for name, reason in skipped:
     views = next(s.views for s in studies if s.name == name)
