@@ -92,7 +92,7 @@ def test_hovering_a_word_shows_its_attention_and_experts(site, browser):
   texts = words.all_inner_texts()
   words.nth(texts.index(max(texts, key=len))).hover()  # a content word, for the screenshot
   painted = page.evaluate("""() => {
-      const c = document.getElementById('overlay');
+      const c = document.querySelector('canvas.overlay');
       const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
       let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n / (d.length / 4);
   }""")

@@ -30,6 +30,8 @@ READ_SLACK = 256 * 2**10
 class _StubEngine:
   """An Engine's surface the app uses, without a model: the report names the image's mean."""
 
+  num_views = 1
+
   def __init__(self):
     self.stored = {}
 

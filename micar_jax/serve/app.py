@@ -6,7 +6,8 @@
   POST /api/reports               uploads as JSON: [{name, id, report}]
   GET  /uploads/{id}              one uploaded image
   GET  /api/{examples|uploads}/{key}/view?layer=&head=   per-word view (explain's record)
-  GET  /crops/{examples|uploads}/{key}.png                the crop the network saw
+  GET  /crops/{examples|uploads}/{key}.png?view=v         the crop the network saw (view v
+                                                          of a study; 0 for single images)
   GET  /api/stats                 batches run and images decoded so far
   GET  /api/progress              the run's progress (step, epoch, last validation) and
                                   which best checkpoint step is served
@@ -14,6 +15,10 @@
 While the run has no best checkpoint yet (it is training), the pages that need
 the model answer 503 with a one-line message; the results page shows the
 progress. Test results are read again when the run writes new ones.
+
+With config.data.num_views = V > 1 every input is a study: the pages show its V
+views side by side, each with its share of a word's attention, and one upload
+request is one study, its V files in view order (400 for another count).
 
 Bad uploads get a 4xx with a one-line message: 415 for a type other than PNG or
 JPEG, 413 over config.serve.max_upload_mb per file or more than
@@ -30,6 +35,7 @@ import uuid
 from typing import Any
 
 import fastapi
+import numpy as np
 from fastapi import responses, staticfiles
 from starlette import exceptions
 
@@ -133,7 +139,8 @@ def create_app(engine: engine_lib.Engine | live_lib.Live, workdir: str,
     return decoded
 
   async def read_uploads(request: fastapi.Request) -> list[tuple[str, Any]]:
-    """(file name, float32 [S, S, 3]) per file of a multipart upload, all of them valid.
+    """(file name, float32 [S, S, 3]) per file of a multipart upload, all of them valid;
+    for a multi-view config one study: ("name + name", float32 [V, S, S, 3]).
 
     Raises:
       UploadError: any file is refused (none is decoded by the model then).
@@ -152,7 +159,12 @@ def create_app(engine: engine_lib.Engine | live_lib.Live, workdir: str,
                             f"{f.content_type.split('/')[1].upper()} image") from None
     if not loaded:
       raise UploadError(400, uploads.NO_FILE)
-    return loaded
+    if engine.num_views == 1:
+      return loaded
+    if len(loaded) != engine.num_views:
+      raise UploadError(400, f"a study needs {engine.num_views} images, one per view in "
+                        f"order; {len(loaded)} were sent")
+    return [(" + ".join(name for name, _ in loaded), np.stack([image for _, image in loaded]))]
 
   async def report_uploads(request: fastapi.Request) -> list[tuple[str, str, str]]:
     """(name, id, report) per uploaded file, decoded together with concurrent requests."""
@@ -169,7 +181,8 @@ def create_app(engine: engine_lib.Engine | live_lib.Live, workdir: str,
   async def upload_error(request: fastapi.Request, e: UploadError):
     if request.url.path.startswith("/api/"):
       return responses.JSONResponse({"error": str(e)}, status_code=e.status)
-    return html(pages.upload_form(str(e)), status_code=e.status)
+    views = live.engine.num_views if live.engine is not None else 1
+    return html(pages.upload_form(str(e), views), status_code=e.status)
 
   @app.exception_handler(exceptions.HTTPException)
   async def http_error(request: fastapi.Request, e: exceptions.HTTPException):
@@ -204,11 +217,11 @@ def create_app(engine: engine_lib.Engine | live_lib.Live, workdir: str,
 
   @app.get("/upload", response_class=html)
   def upload_form():
-    return pages.upload_form()
+    return pages.upload_form(num_views=current_engine().num_views)
 
   @app.post("/upload", response_class=html)
   async def upload(request: fastapi.Request):
-    return pages.uploaded_page(await report_uploads(request))
+    return pages.uploaded_page(await report_uploads(request), current_engine().num_views)
 
   @app.post("/api/reports")
   async def api_reports(request: fastapi.Request):
@@ -218,7 +231,7 @@ def create_app(engine: engine_lib.Engine | live_lib.Live, workdir: str,
   @app.get("/uploads/{uid}", response_class=html)
   def upload_page(uid: str):
     name, decoded = upload_or_404(uid)
-    return pages.upload_page(uid, name, decoded.report)
+    return pages.upload_page(uid, name, decoded.report, _views(decoded.crop))
 
   def view(decoded: engine_lib.Decoded, layer: str, head: str) -> dict[str, Any]:
     engine = current_engine()
@@ -240,17 +253,26 @@ def create_app(engine: engine_lib.Engine | live_lib.Live, workdir: str,
   png = lambda crop: responses.Response(engine_lib.png_bytes(crop), media_type="image/png",
                                         headers={"Cache-Control": "max-age=3600"})
 
+  def one_view(views: Any, view: int, what: str) -> Any:
+    """Item `view` of a study's views; a single image is view 0 of one."""
+    views = views if isinstance(views, list) else [views]
+    if not 0 <= view < len(views):
+      raise fastapi.HTTPException(404, f"{what} has no view {view} (views 0-{len(views) - 1})")
+    return views[view]
+
   @app.get("/crops/examples/{index}.png")
-  def example_crop(index: int):
+  def example_crop(index: int, view: int = 0):
+    path = one_view(example_or_404(index).image, view, f"test example {index}")
     try:
-      image = current_engine().preprocess(example_or_404(index).image)
+      image = current_engine().preprocess(path)
     except images_lib.ImageError as e:
       raise fastapi.HTTPException(404, str(e)) from None
     return png(explain_figure.unnormalise(image))
 
   @app.get("/crops/uploads/{uid}.png")
-  def upload_crop(uid: str):
-    return png(upload_or_404(uid)[1].crop)
+  def upload_crop(uid: str, view: int = 0):
+    crop = upload_or_404(uid)[1].crop
+    return png(one_view(list(crop) if crop.ndim == 4 else crop, view, f"upload {uid}"))
 
   @app.get("/api/progress")
   def progress():
@@ -263,3 +285,8 @@ def create_app(engine: engine_lib.Engine | live_lib.Live, workdir: str,
             "batch_sizes": engine.batcher.sizes}
 
   return app
+
+
+def _views(crop: Any) -> int:
+  """How many views a `Decoded.crop` holds ([S, S, 3] or [V, S, S, 3])."""
+  return crop.shape[0] if crop.ndim == 4 else 1

@@ -1,9 +1,10 @@
 """The model behind the web app: a run's best checkpoint, decoding images in batches.
 
-Every image, a test example or an upload, goes through one `Batcher`, whose
+Every input, a test example or an upload, goes through one `Batcher`, whose
 batch function runs explain's instrumented greedy decoding once for the
-whole batch (one jitted call of shape [b, S, S, 3], b a power of two up to
-eval.batch_size, each compiled once by `warm_up`).
+whole batch (one jitted call of shape [b, S, S, 3], or [b, V, S, S, 3] for a
+multi-view config's studies, b a power of two up to eval.batch_size, each
+compiled once by `warm_up`).
 The report is cut at its first `<eos>`: words the reference keeps after it
 depend on which other images share the batch (it stops when all rows have
 ended), so an image's report would change with the traffic. Cut, it is what
@@ -19,13 +20,13 @@ import collections
 import dataclasses
 import io
 import threading
-from typing import Any, Hashable
+from typing import Any, Hashable, Sequence
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from micar_jax import errors, evaluate
+from micar_jax import evaluate
 from micar_jax.core import run as run_lib
 from micar_jax.data import images as images_lib
 from micar_jax.inference import explain, explain_figure
@@ -37,11 +38,11 @@ CACHE_SIZE = 512
 
 @dataclasses.dataclass(frozen=True)
 class Decoded:
-  """One image's decoding.
+  """One input's decoding (an image, or a study of V views).
 
   Attributes:
-    report: the report as `--mode=predict` writes it for this image alone.
-    crop: uint8 [S, S, 3] the centre crop the network saw.
+    report: the report as `--mode=predict` writes it for this input alone.
+    crop: uint8 [S, S, 3] the centre crop the network saw ([V, S, S, 3] for a study).
     ids: [T + 1] greedy ids (`<sos>` first).
     cross: [T, L, H, n_img] cross-attention of each step.
     experts: [T, L, top_k] experts each step was routed to.
@@ -54,7 +55,7 @@ class Decoded:
 
 
 class Engine:
-  """Decodes images for the web app; thread-safe.
+  """Decodes images (or studies) for the web app; thread-safe.
 
   Args:
     config: the run config.
@@ -63,13 +64,13 @@ class Engine:
 
   Attributes:
     best_step: the step of the best checkpoint served (None: config.init_from's weights).
+    num_views: images per input (config.data.num_views).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, max_wait_s: float):
-    if config.data.num_views != 1:
-      raise errors.UserError("--mode=serve supports single-view configs (data.num_views=1) only")
     self.run = run_lib.Run(config, workdir)
     self.config = self.run.config
+    self.num_views = int(self.config.data.num_views)
     self._abstract = self.run.abstract_variables()
     self.best_step: int | None = None
     self._bad_steps: set[int] = set()
@@ -119,14 +120,20 @@ class Engine:
     self.variables, self.best_step = restored[0], step
     return True
 
-  def preprocess(self, data: str | bytes) -> np.ndarray:
-    """An image file or encoded bytes -> float32 [S, S, 3], as predict and explain load it.
+  def preprocess(self, data: str | bytes | Sequence[str | bytes]) -> np.ndarray:
+    """An image (file or encoded bytes) -> float32 [S, S, 3], as predict and explain load it;
+    a study (its V views in order) -> float32 [V, S, S, 3].
 
     Raises:
-      images_lib.ImageError: not a decodable image.
+      images_lib.ImageError: not a decodable image, or a study of the wrong view count.
     """
-    return images_lib.load(data, self.config.data.resize_size, self.config.data.image_size,
-                           apply_exif_orientation=self.config.data.apply_exif_orientation)
+    if isinstance(data, (str, bytes)):
+      return images_lib.load(data, self.config.data.resize_size, self.config.data.image_size,
+                             apply_exif_orientation=self.config.data.apply_exif_orientation)
+    if len(data) != self.num_views:
+      raise images_lib.ImageError(f"a study needs config.data.num_views={self.num_views} "
+                                  f"images (one per view), got {len(data)}")
+    return np.stack([self.preprocess(view) for view in data])
 
   def _decode_batch(self, images: np.ndarray, n: int) -> list[Decoded]:
     valid = np.arange(len(images)) < n  # padding rows never delay the batch's stop
@@ -140,7 +147,7 @@ class Engine:
                     cross[i], experts[i]) for i in range(n)]
 
   def submit(self, image: np.ndarray):
-    """Queues a preprocessed float32 [S, S, 3] image; a future of its `Decoded`."""
+    """Queues a preprocessed input (`preprocess`'s array); a future of its `Decoded`."""
     return self.batcher.submit(image)
 
   def remember(self, key: Hashable, value: Any) -> None:
@@ -161,8 +168,8 @@ class Engine:
 
   def view(self, decoded: Decoded, layer: Any, head: Any) -> dict[str, Any]:
     """The per-word view of `decoded`: explain's record for these layer/head settings
-    (words, attention [n_words, grid, grid], experts [n_words, L, top_k]) plus
-    `generated`, the report as predict writes it.
+    (words, attention [n_words, grid, grid] or [n_words, V, grid, grid] for a study,
+    experts [n_words, L, top_k]) plus `generated`, the report as predict writes it.
 
     Args:
       decoded: an image's decoding.
@@ -175,12 +182,12 @@ class Engine:
     layer_index = explain.select(layer, self.num_layers, "layers")
     head_index = explain.select(head, self.num_heads, "heads")
     expl = explain.summarise(decoded.ids, decoded.cross, decoded.experts, self.run.tokenizer,
-                             layer_index, head_index)
+                             layer_index, head_index, self.num_views)
     return dict(explain.to_record(expl), generated=decoded.report,
                 layer="mean" if layer_index is None else layer_index,
                 head="mean" if head_index is None else head_index,
                 num_layers=self.num_layers, num_heads=self.num_heads,
-                num_experts=self.num_experts)
+                num_experts=self.num_experts, num_views=self.num_views)
 
   def warm_up(self, stop: threading.Event | None = None) -> None:
     """Compiles the batch function for every batch size, so no request waits for it.

@@ -116,9 +116,6 @@ class Live:
     # A step without checksums yet may be mid-write of them: it is taken on the next poll.
     self._pending: int | None = None
     if config is not None:
-      if config.data.num_views != 1:
-        raise errors.UserError(
-            "--mode=serve supports single-view configs (data.num_views=1) only")
       if best_steps(workdir) or config.init_from:
         self.engine = engine_lib.Engine(config, workdir, max_wait_s)
 

@@ -1,7 +1,8 @@
 """The web app's HTML, rendered on the server so every page works without JavaScript.
 
 static/app.js only adds the per-word view (attention over the crop, experts)
-to the pages that have a `#viewer` element.
+to the pages that have a `#viewer` element. A multi-view study shows its
+views side by side (`?view=v` of its crop URL), in the tables and the viewer.
 """
 
 import html
@@ -24,6 +25,21 @@ def _page(title: str, body: str) -> str:
 <header><a class="brand" href="/">micar_jax</a>
 <nav><a href="/">Test results</a><a href="/upload">New image</a></nav></header>
 <main>{body}</main></body></html>"""
+
+
+def _num_views(image: str | list[str]) -> int:
+  return len(image) if isinstance(image, list) else 1
+
+
+def _crop_urls(base: str, num_views: int) -> list[str]:
+  """The crop of each view: `base` alone for a single image, `base?view=v` for a study's."""
+  return [base] if num_views == 1 else [f"{base}?view={v}" for v in range(num_views)]
+
+
+def _thumbs(base: str, num_views: int, alt: str) -> str:
+  return "".join(f'<img class="thumb" loading="lazy" alt="{html.escape(alt)}'
+                 f'{f" view {v}" if num_views > 1 else ""}" src="{html.escape(url)}">'
+                 for v, url in enumerate(_crop_urls(base, num_views)))
 
 
 def _fmt(value: float | None) -> str:
@@ -110,8 +126,9 @@ def results_page(res: results_lib.Results, shown: Sequence[Example], word: str, 
     scores = "".join(f'<td class="num">{_fmt(e.scores.get(k))}</td>' for k in res.score_keys)
     rows.append(
         f'<tr id="ex{e.index}"><td class="num"><a href="/examples/{e.index}">{e.index}</a></td>'
-        f'<td><a href="/examples/{e.index}"><img class="thumb" loading="lazy" alt="example '
-        f'{e.index}" src="/crops/examples/{e.index}.png"></a></td>'
+        f'<td><a class="thumbs" href="/examples/{e.index}">'
+        f'{_thumbs(f"/crops/examples/{e.index}.png", _num_views(e.image), f"example {e.index}")}'
+        "</a></td>"
         f'<td class="report">{marked(e.generated, e.reference)}</td>'
         f'<td class="report">{marked(e.reference, e.generated)}</td>{scores}</tr>')
   table = (f'<table class="examples"><thead><tr><th>{sort_link("index", "#")}</th><th>image</th>'
@@ -123,10 +140,15 @@ def results_page(res: results_lib.Results, shown: Sequence[Example], word: str, 
   return _page("Test results", body)
 
 
-def _viewer(crop_url: str, view_url: str, generated: str) -> str:
+def _viewer(crop_url: str, num_views: int, view_url: str, generated: str) -> str:
+  stages = "".join(
+      f'<figure class="view"><div class="stage"><img class="crop" src="{html.escape(url)}" '
+      f'alt="the crop the network saw{f" (view {v})" if num_views > 1 else ""}">'
+      f'<canvas class="overlay"></canvas></div>'
+      + (f'<figcaption>view {v} <span class="share"></span></figcaption>' if num_views > 1 else "")
+      + "</figure>" for v, url in enumerate(_crop_urls(crop_url, num_views)))
   return f"""<section id="viewer" data-view-url="{html.escape(view_url)}">
-<div class="stage"><img id="crop" src="{html.escape(crop_url)}" alt="the crop the network saw">
-<canvas id="overlay"></canvas></div>
+<div class="views">{stages}</div>
 <div class="panel">
 <div class="controls"><label>layer <select id="layer"></select></label>
 <label>head <select id="head"></select></label></div>
@@ -147,7 +169,8 @@ def example_page(e: Example, score_keys: Sequence[str], prev_index: int | None,
                    for k in score_keys)
   body = (f'<p class="nav"><a href="/#ex{e.index}">all results</a> {nav}</p>'
           f"<h1>Test example {e.index}</h1>"
-          f"{_viewer(f'/crops/examples/{e.index}.png', f'/api/examples/{e.index}/view', e.generated)}"
+          + _viewer(f"/crops/examples/{e.index}.png", _num_views(e.image),
+                    f"/api/examples/{e.index}/view", e.generated) +
           f'<section class="compare"><div><h2>generated</h2><p>{marked(e.generated, e.reference)}'
           f'</p></div><div><h2>reference</h2><p>{marked(e.reference, e.generated)}</p></div>'
           f"</section>" + (f'<table class="corpus"><caption>Scores</caption>{scores}</table>'
@@ -155,31 +178,34 @@ def example_page(e: Example, score_keys: Sequence[str], prev_index: int | None,
   return _page(f"Example {e.index}", body)
 
 
-def upload_form(message: str = "") -> str:
-  """The upload form (PNG or JPEG, one or more files)."""
+def upload_form(message: str = "", num_views: int = 1) -> str:
+  """The upload form (PNG or JPEG): one or more images, or one study's `num_views` views."""
   error = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
+  what = ("Each image is" if num_views == 1 else
+          f"Select the {num_views} views of one study together, in view order (as the "
+          "training data lists them); each is")
   body = f"""<h1>Report on new images</h1>{error}
 <form class="upload" method="post" action="/upload" enctype="multipart/form-data">
 <input type="file" name="files" accept="image/png,image/jpeg" multiple required>
 <button type="submit">Generate reports</button></form>
-<p class="hint">PNG or JPEG. Each image is resized and centre-cropped as in training.</p>"""
+<p class="hint">PNG or JPEG. {what} resized and centre-cropped as in training.</p>"""
   return _page("New image", body)
 
 
-def uploaded_page(items: Sequence[tuple[str, str, str]]) -> str:
-  """Reports for uploaded files: (file name, upload id, report) each."""
-  rows = "".join(f'<li><a href="/uploads/{uid}"><img class="thumb" alt="" '
-                 f'src="/crops/uploads/{uid}.png"> {html.escape(name)}</a>'
+def uploaded_page(items: Sequence[tuple[str, str, str]], num_views: int = 1) -> str:
+  """Reports for uploads: (file name, upload id, report) each (a study's names joined)."""
+  rows = "".join(f'<li><a href="/uploads/{uid}">'
+                 f'{_thumbs(f"/crops/uploads/{uid}.png", num_views, "")} {html.escape(name)}</a>'
                  f'<p class="report">{html.escape(report) or "<em>(empty)</em>"}</p></li>'
                  for name, uid, report in items)
   return _page("Reports", f'<h1>Reports</h1><ul class="uploads">{rows}</ul>'
                           '<p><a href="/upload">upload more</a></p>')
 
 
-def upload_page(uid: str, name: str, report: str) -> str:
-  """One uploaded image with its report and the per-word view."""
+def upload_page(uid: str, name: str, report: str, num_views: int = 1) -> str:
+  """One uploaded image (or study) with its report and the per-word view."""
   body = (f'<p class="nav"><a href="/upload">upload more</a></p><h1>{html.escape(name)}</h1>'
-          f"{_viewer(f'/crops/uploads/{uid}.png', f'/api/uploads/{uid}/view', report)}"
+          f"{_viewer(f'/crops/uploads/{uid}.png', num_views, f'/api/uploads/{uid}/view', report)}"
           f'<section class="compare"><div><h2>report</h2><p>{html.escape(report)}</p></div>'
           "</section>")
   return _page(name, body)

@@ -14,7 +14,7 @@ _R2GEN_KEYS = {"train": "train", "val": "val", "test": "test"}
 _CLEANERS = {"iu_xray": cleaning.clean_iu_xray, "mimic_cxr": cleaning.clean_mimic_cxr}
 
 
-def _split_lists(path: str, ann: dict) -> dict[str, list]:
+def split_lists(path: str, ann: dict) -> dict[str, list]:
   """Split -> records; a split whose key is damaged is gathered from records' own "split" field.
 
   (One public IU X-ray copy has its "test" key replaced by spaces.)
@@ -42,7 +42,7 @@ def load(request: common.Request, bad: common.BadRows) -> dict[str, list[common.
   views = request.dataset.num_views
   clean = _CLEANERS[request.dataset.name]
   rows_by_split = {}
-  for split, records in _split_lists(path, ann).items():
+  for split, records in split_lists(path, ann).items():
     rows = []
     for i, rec in enumerate(records):
       where = f"annotation.json {split}[{i}]"

@@ -1,11 +1,16 @@
 // Per-word view for pages with #viewer: the word's cross-attention over the crop
 // (jet colours, scale per word, as --mode=explain draws it) and its experts per layer.
+// A study's views each get their crop and overlay, one colour scale across the views
+// (so they compare), and the share of the word's attention each view received.
 (() => {
   "use strict";
   const viewer = document.getElementById("viewer");
   if (!viewer) return;
   const $ = (id) => document.getElementById(id);
-  const crop = $("crop"), overlay = $("overlay"), wordsEl = $("words"), expertsEl = $("experts");
+  const crops = [...viewer.querySelectorAll("img.crop")];
+  const overlays = [...viewer.querySelectorAll("canvas.overlay")];
+  const shares = [...viewer.querySelectorAll("figcaption .share")];
+  const wordsEl = $("words"), expertsEl = $("experts");
   const layerSel = $("layer"), headSel = $("head");
   let view = null, current = -1, pinned = -1;
 
@@ -23,14 +28,30 @@
     }
   }
 
+  // attention[i] is [grid][grid], or [views][grid][grid] for a study.
+  const grids = (i) => (view.num_views > 1 ? view.attention[i] : [view.attention[i]]);
+
   function drawAttention(i) {
-    const ctx = overlay.getContext("2d");
-    overlay.width = crop.naturalWidth || 224;
-    overlay.height = crop.naturalHeight || 224;
-    ctx.clearRect(0, 0, overlay.width, overlay.height);
-    if (i < 0) return;
-    const grid = view.attention[i], n = grid.length;
-    const max = Math.max(1e-9, ...grid.flat());
+    const perView = i < 0 ? [] : grids(i);
+    const max = Math.max(1e-9, ...perView.map((grid) => Math.max(...grid.flat())));
+    const total = perView.reduce((sum, grid) => sum + grid.flat().reduce((a, b) => a + b, 0), 0);
+    overlays.forEach((overlay, v) => {
+      const crop = crops[v], ctx = overlay.getContext("2d");
+      overlay.width = crop.naturalWidth || 224;
+      overlay.height = crop.naturalHeight || 224;
+      ctx.clearRect(0, 0, overlay.width, overlay.height);
+      if (shares[v]) shares[v].textContent = "";
+      if (i < 0) return;
+      paint(ctx, overlay, perView[v], max);
+      if (shares[v] && total > 0) {
+        const sum = perView[v].flat().reduce((a, b) => a + b, 0);
+        shares[v].textContent = `${Math.round(100 * sum / total)}% of “${view.words[i]}”`;
+      }
+    });
+  }
+
+  function paint(ctx, overlay, grid, max) {
+    const n = grid.length;
     const cells = document.createElement("canvas");
     cells.width = cells.height = n;
     const cellCtx = cells.getContext("2d"), image = cellCtx.createImageData(n, n);
@@ -118,5 +139,6 @@
 
   layerSel.addEventListener("change", load);
   headSel.addEventListener("change", load);
-  if (crop.complete) load(); else crop.addEventListener("load", load, {once: true});
+  Promise.all(crops.map((crop) => (crop.complete ? null : new Promise(
+      (done) => crop.addEventListener("load", done, {once: true}))))).then(load);
 })();
