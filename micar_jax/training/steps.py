@@ -95,7 +95,13 @@ def make_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
   """(state, batch) -> (state, metrics); dropout keys come from (seed, step).
 
   metrics["finite"] (bool scalar) is False when the loss, the gradient norm or
-  the updated state is not finite; the update is then not applied.
+  the new BatchNorm statistics are not finite; the update is then not applied.
+  Those three decide it before the optimizer runs, so the keep-or-replace select
+  fuses into the optimizer's single elementwise pass instead of a second pass
+  after a scan of the whole new state. They suffice: a finite gradient norm means
+  finite gradients and squared gradients, hence finite AMSGrad moments, and the
+  Adam-family step is bounded by about lr / sqrt(1 - b2) per element, so finite
+  parameters (no saved state is ever non-finite) stay finite.
   """
   loss_fn = make_loss_fn(mc, config, train=True)
   base_key = jax.random.PRNGKey(config.seed)
@@ -104,11 +110,10 @@ def make_train_step(mc: model_lib.ModelConfig, tx: optax.GradientTransformation,
     rngs = {"dropout": jax.random.fold_in(base_key, state.step)}
     (loss, (terms, stats, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, batch, rngs)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(batch_stats)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.tree.norm(grads)
-    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-              & all_finite((params, batch_stats, opt_state)))
     # A non-finite step leaves the state as it was (only the step counter, which
     # names the batch, advances), so no saved state is ever non-finite; the loop
     # reads `finite` and decides whether to skip on or stop.
