@@ -38,7 +38,7 @@ def _crop_urls(base: str, num_views: int) -> list[str]:
 
 def _thumbs(base: str, num_views: int, alt: str) -> str:
   return "".join(f'<img class="thumb" loading="lazy" alt="{html.escape(alt)}'
-                 f'{f" view {v}" if num_views > 1 else ""}" src="{html.escape(url)}">'
+                 f'{f" view {v + 1}" if num_views > 1 else ""}" src="{html.escape(url)}">'
                  for v, url in enumerate(_crop_urls(base, num_views)))
 
 
@@ -143,9 +143,9 @@ def results_page(res: results_lib.Results, shown: Sequence[Example], word: str, 
 def _viewer(crop_url: str, num_views: int, view_url: str, generated: str) -> str:
   stages = "".join(
       f'<figure class="view"><div class="stage"><img class="crop" src="{html.escape(url)}" '
-      f'alt="the crop the network saw{f" (view {v})" if num_views > 1 else ""}">'
+      f'alt="the crop the network saw{f" (view {v + 1})" if num_views > 1 else ""}">'
       f'<canvas class="overlay"></canvas></div>'
-      + (f'<figcaption>view {v} <span class="share"></span></figcaption>' if num_views > 1 else "")
+      + (f'<figcaption>view {v + 1} <span class="share"></span></figcaption>' if num_views > 1 else "")
       + "</figure>" for v, url in enumerate(_crop_urls(crop_url, num_views)))
   return f"""<section id="viewer" data-view-url="{html.escape(view_url)}">
 <div class="views">{stages}</div>
