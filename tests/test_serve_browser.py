@@ -128,3 +128,38 @@ def test_uploading_an_image_gives_a_report_and_its_view(site, browser, tmp_path)
   page.click("form.upload button")
   assert "is not accepted" in page.locator(".error").inner_text()
   page.close()
+
+
+@pytest.fixture(scope="module")
+def two_view_site(tiny_two_view_run, running_server):
+  """(base URL, workdir) of a tested two-view tiny run being served."""
+  from micar_jax.core import run as run_lib  # pylint: disable=g-import-not-at-top
+  folder, config = tiny_two_view_run("browser_two_view")
+  workdir = str(folder / "run")
+  run = run_lib.Run(config, workdir)
+  run_lib.test_best(run)
+  run.checkpoints.close()
+  engine = engine_lib.Engine(config, workdir, max_wait_s=0.02)
+  try:
+    with running_server(engine, workdir) as url:
+      yield url, workdir
+  finally:
+    engine.close()
+
+
+def test_a_word_of_a_study_paints_every_view_with_its_share(two_view_site, browser):
+  url, workdir = two_view_site
+  index = results_lib.load(workdir).examples[0].index
+  page = browser.new_page(viewport={"width": 1240, "height": 700})
+  page.set_default_timeout(TIMEOUT_MS)
+  page.goto(f"{url}/examples/{index}")
+  page.wait_for_selector("#viewer[data-ready=true]", timeout=TIMEOUT_MS)
+  page.locator("#words button.word").first.hover()
+  painted = page.evaluate("""() => [...document.querySelectorAll('canvas.overlay')].map(c => {
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n / (d.length / 4);
+  })""")
+  assert len(painted) == 2 and min(painted) > 0.99
+  shares = [int(t.split("%")[0]) for t in page.locator("figcaption .share").all_inner_texts()]
+  assert len(shares) == 2 and 99 <= sum(shares) <= 101
+  page.close()
