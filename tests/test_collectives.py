@@ -44,6 +44,33 @@ def test_bytes_sent_follow_ring_algorithms_over_the_group():
   assert found["collective-permute"].sent == 400
 
 
+# TPU's form: mesh-axis groups, and one async all-gather (channel 7) repeated in the
+# fusions that start, carry and finish it.
+TPU_HLO = """
+%start (p: bf16[1,64]) -> bf16[2,64] {
+  %p = bf16[1,64]{1,0} parameter(0)
+  ROOT %ag = bf16[2,64]{1,0:S(1)} all-gather(%p), channel_id=7, replica_groups=mesh['axis_0'=2,'axis_1'=4], device_ids=([4,2]T(1,0)) {'axis_0'}, dimensions={0}
+}
+
+%done (p: bf16[1,64]) -> bf16[2,64] {
+  %p = bf16[1,64]{1,0} parameter(0)
+  ROOT %ag = bf16[2,64]{1,0:S(1)} all-gather(%p), channel_id=7, replica_groups=mesh['axis_0'=2,'axis_1'=4], device_ids=([4,2]T(1,0)) {'axis_0'}, dimensions={0}
+}
+
+ENTRY %main (x: f32[32]) -> f32[32] {
+  %x = f32[32]{0} parameter(0)
+  ROOT %ar = f32[32]{0} all-reduce(%x), channel_id=8, replica_groups=mesh['axis_0'=2,'axis_1'=4] {'axis_0','axis_1'}, to_apply=%add
+}
+"""
+
+
+def test_tpu_mesh_groups_and_a_repeated_channel_count_once():
+  found = {c.kind: c for c in collectives.parse(TPU_HLO, num_devices=16)}
+  assert found["all-gather"].count == 1
+  assert found["all-gather"].sent == pytest.approx(1 / 2 * 2 * 64 * 2)  # axis_0: groups of 2
+  assert found["all-reduce"].sent == pytest.approx(2 * 7 / 8 * 32 * 4)  # both axes: 8
+
+
 def test_a_compiled_data_parallel_gradient_has_one_all_reduce_of_the_weights():
   mesh = jax.make_mesh((8,), ("d",), devices=jax.devices()[:8])
   x = jax.ShapeDtypeStruct((64, 32), jnp.float32, sharding=NamedSharding(mesh, P("d")))

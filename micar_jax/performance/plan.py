@@ -5,8 +5,10 @@
       [--batch_sizes=32,64] [--require_fit]
 
 Topologies: v4-8, v5e-16 (= v5litepod-16), v5p-128, v6e-256, v5p:4x4x4,
-cpu:8 (see micar_jax.performance.topology). A TPU topology needs the `tpu` extra
-(`pip install -e ".[tpu]"`), no TPU.
+h100, h200, a100, h100x8 (one host of 8 GPUs), cpu:8 (see
+micar_jax.performance.topology). A TPU topology needs the `tpu` extra
+(`pip install -e ".[tpu]"`), no TPU; a GPU topology the `gpu` extra
+(`pip install -e ".[gpu]"`), no GPU.
 
 The train step is the one training jits (micar_jax.training.steps.jit_train_step: same
 function, shardings and donation) and the decoder the one evaluation runs
@@ -15,10 +17,11 @@ inputs (ShapeDtypeStructs of micar_jax.data.batch_spec's BatchSpec) and
 compiled for the topology's devices. Prints a table and then one JSON object
 (one line) with, per program: per-device bytes from XLA's memory analysis
 (arguments, outputs, temporaries, aliased, code, the total of the data
-buffers and XLA's peak) against the chip's memory; XLA's flops and bytes
-accessed; every collective of the optimised HLO; for the train step the
-model's own FLOPs (micar_jax.models.flops) and a roofline estimate of the step time,
-images/s and MFU (micar_jax.performance.roofline; estimates, labelled so).
+buffers and XLA's peak) against the chip's memory; every collective of the
+optimised HLO; a per-op roofline estimate read from that HLO (FLOPs, HBM bytes,
+the step time as the sum over ops, its top regions; micar_jax.performance.hlo_cost;
+estimates, labelled so); for the train step the model's own FLOPs
+(micar_jax.models.flops) and the images/s and MFU the estimate implies.
 
 --search compiles the train step for every mesh (data x fsdp x expert x
 tensor = chips, expert dividing num_experts, batch split over data x fsdp x
@@ -53,7 +56,7 @@ from micar_jax.core import state as state_lib
 from micar_jax.data import batch_spec
 from micar_jax.models import model as model_lib
 from micar_jax.models import partitioning
-from micar_jax.performance import collectives, plan_report, roofline, stack_limit
+from micar_jax.performance import chips, collectives, hlo_cost, plan_report, stack_limit
 from micar_jax.performance import topology as topology_lib
 from micar_jax.training import memory_check, optim, steps
 
@@ -64,7 +67,8 @@ TOP = 5
 def define_flags() -> None:
   """Declared only when run as a program, so importing this module defines no flags."""
   cli.define_config_flag()
-  flags.DEFINE_string("topology", None, "v5p-128, v5e-16, v6e-256, v5p:4x4x4, cpu:8, ...")
+  flags.DEFINE_string("topology", None,
+                      "v5p-128, v5e-16, v6e-256, v5p:4x4x4, h200, h100x8, cpu:8, ...")
   flags.DEFINE_bool("search", False, "Rank every mesh at each of --batch_sizes.")
   cli.define_int_list("batch_sizes", [], "Global batch sizes for --search "
                       "(default: config.train.batch_size).")
@@ -77,13 +81,11 @@ def define_flags() -> None:
 
 @dataclasses.dataclass
 class Program:
-  """What XLA says about one compiled program (per device)."""
+  """What one compiled program needs and costs (per device)."""
 
   compile_s: float
   memory: dict[str, int] | None
-  flops: float
-  bytes_accessed: float
-  optimal_s: float | None
+  estimate: hlo_cost.Estimate | None
   collectives: list[collectives.Collective]
   error: str | None = None
 
@@ -95,8 +97,9 @@ class Program:
     return max(self.memory["total"], self.memory.get("peak") or 0)
 
 
-def analyse(lowered: Any, num_devices: int) -> Program:
-  """Compiles a lowered program and reads its memory, cost and collectives."""
+def analyse(lowered: Any, num_devices: int, chip: chips.Chip) -> Program:
+  """Compiles a lowered program and reads its memory, its per-op cost on `chip` and its
+  collectives."""
   start = time.perf_counter()
   try:
     compiled = lowered.compile()
@@ -104,33 +107,26 @@ def analyse(lowered: Any, num_devices: int) -> Program:
     text = " ".join(str(e).split())
     if "RESOURCE_EXHAUSTED" not in text and "out of memory" not in text.lower():
       raise
-    return Program(time.perf_counter() - start, None, 0.0, 0.0, None, [], error=text[:400])
+    return Program(time.perf_counter() - start, None, None, [], error=text[:400])
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis() or {}
-  if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
-    cost = cost[0] if cost else {}
-  optimal = cost.get("optimal_seconds")
+  hlo = compiled.as_text()
   return Program(compile_s, memory_check.memory_breakdown(compiled),
-                 float(cost.get("flops", 0.0)),
-                 float(cost.get("bytes accessed", 0.0)),
-                 # The CPU backend reports a negative placeholder.
-                 optimal if optimal and optimal > 0 else None,
-                 collectives.parse(compiled.as_text(), num_devices))
+                 hlo_cost.estimate(hlo, chip, num_devices), collectives.parse(hlo, num_devices))
 
 
 def plan_train(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig,
-               mesh: Mesh) -> Program:
+               mesh: Mesh, chip: chips.Chip) -> Program:
   """Compiles the train step exactly as training jits it, on abstract state and batch
   (config.train.batch_size rows)."""
   # The schedule's steps per epoch change no shape; 1 stands in for the dataset's.
   tx = optim.make_optimizer(config, 1)
   lowered = steps.lower_train_step(mc, tx, config, mesh, partitioning.logical_rules(),
                                    batch_spec.BatchSpec.from_config(config))
-  return analyse(lowered, mesh.size)
+  return analyse(lowered, mesh.size, chip)
 
 
 def plan_decode(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig,
-                mesh: Mesh) -> tuple[Program, int]:
+                mesh: Mesh, chip: chips.Chip) -> tuple[Program, int]:
   """Compiles config.eval.decode for a padded config.eval.batch_size; (program, batch)."""
   rules = partitioning.logical_rules()
   spec = batch_spec.BatchSpec.from_config(config, batch_size=config.eval.batch_size)
@@ -142,7 +138,7 @@ def plan_decode(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig,
   generate = decode.make_generate_fn(mc, config.eval)
   with partitioning.use_mesh(mesh, rules):
     lowered = generate.lower(variables["params"], variables["batch_stats"], images)
-  return analyse(lowered, mesh.size), spec.batch_size
+  return analyse(lowered, mesh.size, chip), spec.batch_size
 
 
 def model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
@@ -164,16 +160,18 @@ def _check_batch(spec: batch_spec.BatchSpec, mesh: Mesh) -> None:
     raise errors.UserError(problem)
 
 
-def program_json(program: Program, hbm_bytes: int | None) -> dict[str, Any]:
-  """One program's figures; fits is None when the chip's memory is unknown."""
+def program_json(program: Program, hbm_bytes: int | None, batch_size: int | None = None,
+                 model_flops: float | None = None, num_devices: int = 1) -> dict[str, Any]:
+  """One program's figures; fits is None when the chip's memory is unknown. The estimate's
+  images/s and MFU need the (global) batch and model FLOPs per step."""
   need = program.need()
   return {
       "compile_s": round(program.compile_s, 3), "memory_bytes": program.memory,
       "need_bytes": need, "fits": (need <= hbm_bytes if need and hbm_bytes else
                                    (False if program.error else None)),
       "error": program.error,
-      "xla": {"flops": program.flops, "bytes_accessed": program.bytes_accessed,
-              "optimal_seconds_estimate": program.optimal_s},
+      "estimate": None if program.estimate is None else program.estimate.summary(
+          batch_size, model_flops, num_devices),
       "collectives": [dataclasses.asdict(c) for c in program.collectives],
   }
 
@@ -181,15 +179,12 @@ def program_json(program: Program, hbm_bytes: int | None) -> dict[str, Any]:
 def train_json(config: ml_collections.ConfigDict, mc: model_lib.ModelConfig,
                topo: topology_lib.Topology, mesh: Mesh,
                program: Program, flops_per_image: float) -> dict[str, Any]:
-  """The train step's figures, with the roofline estimate."""
+  """The train step's figures, with the estimate's images/s and MFU."""
   batch = config.train.batch_size
-  out = program_json(program, topo.chip.hbm_bytes)
+  out = program_json(program, topo.chip.hbm_bytes, batch, flops_per_image * batch, mesh.size)
   out["batch_size"] = batch
   out["mesh"] = dict(mesh.shape)
   out["model_flops"] = flops_per_image * batch
-  out["estimate"] = None if program.error else roofline.estimate(
-      topo.chip, mesh.size, program.flops, program.bytes_accessed, program.collectives,
-      batch, flops_per_image * batch)
   return out
 
 
@@ -202,19 +197,21 @@ def plan(config: ml_collections.ConfigDict, topo: topology_lib.Topology,
   spec = batch_spec.BatchSpec.from_config(config)
   _check_batch(spec, mesh)
   flops_per_image = summary.model_flops_per_image(mc, spec)
-  train = train_json(config, mc, topo, mesh, plan_train(config, mc, mesh), flops_per_image)
+  train = train_json(config, mc, topo, mesh, plan_train(config, mc, mesh, topo.chip),
+                     flops_per_image)
   decode = None
   if with_decode:
-    decode_program, decode_batch = plan_decode(config, mc, mesh)
+    decode_program, decode_batch = plan_decode(config, mc, mesh, topo.chip)
     decode = program_json(decode_program, topo.chip.hbm_bytes)
     decode.update(batch_size=decode_batch, method=config.eval.decode)
   return {"topology": topology_json(topo, mesh.devices.flat[0]), "model": model_json(mc),
-          "train": train, "decode": decode, "estimate_note": roofline.NOTE,
+          "train": train, "decode": decode, "estimate_note": hlo_cost.NOTE,
           "plan_s": round(time.perf_counter() - start, 3)}
 
 
 def topology_json(topo: topology_lib.Topology, device: jax.Device) -> dict[str, Any]:
-  return {"name": topo.name, "accelerator_type": topo.accelerator_type, "chips": topo.num_chips,
+  return {"name": topo.name, "platform": topo.platform,
+          "accelerator_type": topo.accelerator_type, "chips": topo.num_chips,
           "shape": list(topo.shape), "device_kind": device.device_kind,
           "chip": dataclasses.asdict(topo.chip)}
 
@@ -278,8 +275,8 @@ def search(config: ml_collections.ConfigDict, topo: topology_lib.Topology,
       except errors.ConfigError:  # no layout on the physical torus: not a candidate
         unmappable += 1
         continue
-      candidates.append(train_json(trial, mc, topo, mesh, plan_train(trial, mc, mesh),
-                                   flops_per_image))
+      candidates.append(train_json(trial, mc, topo, mesh,
+                                   plan_train(trial, mc, mesh, topo.chip), flops_per_image))
   if not candidates:
     raise errors.UserError(f"no mesh over {len(devices)} chips (axes {', '.join(axes)}) splits "
                            f"the batch sizes {', '.join(map(str, batch_sizes))}")
@@ -288,7 +285,7 @@ def search(config: ml_collections.ConfigDict, topo: topology_lib.Topology,
   return {"topology": topology_json(topo, devices[0]), "model": model_json(mc),
           "compiled": len(candidates), "unmappable": unmappable, "fit": len(fitting),
           "ranked": fitting,
-          "estimate_note": "ranked by estimated time per image; " + roofline.NOTE,
+          "estimate_note": "ranked by estimated time per image; " + hlo_cost.NOTE,
           "search_s": round(time.perf_counter() - start, 3)}
 
 
@@ -322,12 +319,19 @@ def _base_args(argv: Sequence[str]) -> list[str]:
 
 
 def _prepare_jax(topo: topology_lib.Topology) -> None:
-  """CPU backend only (TPU devices come from the topology), with enough CPU devices;
-  for a TPU topology, the stack libtpu's compiler needs (stack_limit: a restart)."""
+  """CPU backend only (TPU and GPU devices come from the topology), with enough CPU devices;
+  for a TPU topology, the stack libtpu's compiler needs (stack_limit: a restart); for a
+  GPU topology, the compiler flags of topology_lib.prepare_gpu_compiler and no
+  persistent compilation cache."""
   if topo.is_tpu:
     stack_limit.restart_unlimited()
+  if topo.platform == "gpu":
+    topology_lib.prepare_gpu_compiler()
+    # Compile-only GPU devices write the persistent cache but cannot read it back (XLA:
+    # "PjRtCompiler must be constructed with a Client"): each rerun would only warn.
+    jax.config.update("jax_enable_compilation_cache", False)
   jax.config.update("jax_platforms", "cpu")
-  if not topo.is_tpu and "xla_force_host_platform_device_count" not in os.environ.get(
+  if topo.platform == "cpu" and "xla_force_host_platform_device_count" not in os.environ.get(
       "XLA_FLAGS", ""):
     jax.config.update("jax_num_cpu_devices", topo.num_chips)
 

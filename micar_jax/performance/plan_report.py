@@ -24,7 +24,10 @@ def _count(x: float | None, unit: str = "") -> str:
 
 
 def _ms(s: float | None) -> str:
-  return "n/a" if s is None else f"{1e3 * s:.2f} ms"
+  """Seconds in ms, or in us below a millisecond."""
+  if s is None:
+    return "n/a"
+  return f"{1e3 * s:.2f} ms" if s >= 1e-3 else f"{1e6 * s:.1f} us"
 
 
 def header(result: dict[str, Any]) -> list[str]:
@@ -42,7 +45,7 @@ def header(result: dict[str, Any]) -> list[str]:
 
 
 def program_lines(name: str, p: dict[str, Any], chip_bytes: int | None) -> list[str]:
-  """Memory, XLA counts and collectives of one compiled program."""
+  """Memory and collectives of one compiled program."""
   lines = [f"{name}  (compiled in {p['compile_s']:.1f} s)"]
   if p["error"]:
     return lines + [f"  does not fit: {p['error']}"]
@@ -55,8 +58,6 @@ def program_lines(name: str, p: dict[str, Any], chip_bytes: int | None) -> list[
           *(_gib(m.get(k)) for k in ("arguments", "outputs", "temporaries", "aliased"))),
       f"              total {_gib(m.get('total'))}  XLA peak {_gib(m.get('peak'))}  -> "
       f"{fit}{share}",
-      f"  XLA         {_count(p['xla']['flops'], 'FLOP')} and "
-      f"{_count(p['xla']['bytes_accessed'], 'B')} accessed per device",
   ]
   if p["collectives"]:
     lines.append(f"  {'collective':<20}{'count':>7}{'bytes/device':>16}{'sent/device (est.)':>22}")
@@ -67,18 +68,37 @@ def program_lines(name: str, p: dict[str, Any], chip_bytes: int | None) -> list[
   return lines
 
 
-def estimate_lines(train: dict[str, Any]) -> list[str]:
-  e = train["estimate"]
+def estimate_lines(p: dict[str, Any], top: int = 0) -> list[str]:
+  """The per-op estimate of one program (micar_jax.performance.hlo_cost): its totals, the
+  step and what bounds it, images/s and MFU where known, and its `top` regions."""
+  e = p["estimate"]
   if not e:
     return []
-  mfu = "n/a" if e["mfu"] is None else f"{100 * e['mfu']:.1f}%"
-  return [
-      f"  model       {_count(train['model_flops'], 'FLOP')} per step (micar_jax.models.flops)",
-      f"  ESTIMATE    compute {_ms(e['compute_s'])}, HBM {_ms(e['memory_s'])}, "
-      f"network {_ms(e['network_s'])} -> step >= {_ms(e['step_s'])}"
-      + (f" ({e['bound']}-bound)" if e["bound"] else ""),
-      f"  ESTIMATE    <= {_count(e['images_per_s'])} images/s, MFU <= {mfu}",
-  ]
+  lines = [f"  per op      {_count(e['flops'], 'FLOP')} and {_count(e['hbm_bytes'], 'B')} HBM "
+           "traffic per device (optimised HLO)"]
+  if e["step_s"] is None:
+    lines.append("  ESTIMATE    step unknown: the chip table lacks a figure it needs")
+  else:
+    parts = ", ".join(f"{b} {_ms(s)}" for b, s in e["by_bound_s"].items() if s)
+    lines.append(f"  ESTIMATE    step >= {_ms(e['step_s'])} ({e['bound']}-bound; sum over ops: "
+                 f"{parts})")
+  if e["images_per_s"] is not None:
+    mfu = "n/a" if e["mfu"] is None else f"{100 * e['mfu']:.1f}%"
+    lines.append(f"  ESTIMATE    <= {_count(e['images_per_s'])} images/s, MFU <= {mfu}")
+  if e["unknown_trip_counts"]:
+    lines.append(f"  note        {len(e['unknown_trip_counts'])} loop(s) of unknown trip count "
+                 "counted once: " + ", ".join(e["unknown_trip_counts"][:3]))
+  regions = e["top_regions"][:top]
+  if regions:
+    lines.append(f"  {'top regions (est.)':<46}{'time':>11}{'share':>7}  {'bound':<11}"
+                 f"{'FLOP':>11}{'HBM':>11}")
+    for r in regions:
+      time_s = "unknown" if r["time_s"] is None else _ms(r["time_s"])
+      share = "" if r["share"] is None else f"{100 * r['share']:.0f}%"
+      name = r["region"] if len(r["region"]) <= 45 else "..." + r["region"][-42:]
+      lines.append(f"  {name:<46}{time_s:>11}{share:>7}  {r['bound'] or '-':<11}"
+                   f"{_count(r['flops']):>11}{_count(r['hbm_bytes'], 'B'):>11}")
+  return lines
 
 
 def format_plan(result: dict[str, Any]) -> str:
@@ -88,10 +108,14 @@ def format_plan(result: dict[str, Any]) -> str:
   lines = header(result)
   lines += program_lines(f"train step  batch {train['batch_size']}, mesh {mesh}", train,
                          chip_bytes)
-  lines += estimate_lines(train)
+  if not train["error"]:
+    lines.append(f"  model       {_count(train['model_flops'], 'FLOP')} per step "
+                 "(micar_jax.models.flops)")
+  lines += estimate_lines(train, top=10)
   if decode:
     lines += program_lines(f"decode ({decode['method']})  batch {decode['batch_size']}", decode,
                            chip_bytes)
+    lines += estimate_lines(decode)
   lines += [f"note      {result['estimate_note']}", f"plan took {result['plan_s']:.1f} s"]
   return "\n".join(lines)
 

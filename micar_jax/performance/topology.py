@@ -5,12 +5,20 @@
   v5e-16, v5litepod-16, v6e-256
                       v5e/v6e types count chips: v6e-256 is 256 chips (16x16).
   v5p:4x4x4, v6e:2x4  a generation and an explicit chip grid.
+  h100, h200, a100    one NVIDIA GPU (H100 SXM 80GB, H200, A100 SXM4 80GB).
+  h200x8, a100x4      one host with 8 (4) such GPUs, joined by NVLink.
   cpu:8               8 simulated CPU devices of this process.
 
 A TPU topology needs libtpu (`pip install -e ".[tpu]"`) but no TPU: jax's
 `get_topology_desc` returns compile-only devices, enough to lower and compile
 a program and read its memory and cost analyses. One JAX device is one chip
 (v4 and v5p run their two TensorCores as one "megacore" device).
+
+A GPU topology needs the CUDA plugin (`pip install -e ".[gpu]"`) but no GPU,
+driver or CUDA libraries: `get_topology_desc(platform="cuda")` makes the
+compile-only devices from an XLA GPU target (gpu_targets/<gpu>.txtpb, the
+device's limits as XLA's own specs give them). It gives memory analyses;
+XLA's GPU compiler has no cost analysis.
 """
 
 import dataclasses
@@ -25,6 +33,13 @@ from micar_jax import errors
 from micar_jax.performance import chips
 
 TPU_EXTRA_HINT = 'pip install -e ".[tpu]" (jax[tpu] at the project\'s jax version)'
+GPU_EXTRA_HINT = ('pip install -e ".[gpu]" (jax-cuda12-plugin and jax-cuda12-pjrt at the '
+                  'project\'s jax version)')
+# The modules of those two packages: the plugin jax discovers, and the CUDA extensions it loads.
+GPU_PLUGIN_MODULES = ("jax_plugins.xla_cuda12", "jax_cuda12_plugin")
+GPU_TARGETS_DIR = os.path.join(os.path.dirname(__file__), "gpu_targets")
+# The GPUs a topology may name: those with a target in GPU_TARGETS_DIR.
+GPUS = {c.name: c for c in chips.CHIPS if c.name in ("h100", "h200", "a100")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +49,10 @@ class Topology:
   Attributes:
     name: as the user wrote it.
     chip: the chip's figures (chips.cpu_chip for "cpu:N").
-    shape: the chip grid, e.g. (4, 4, 4); (N,) for CPU devices.
+    shape: the chip grid, e.g. (4, 4, 4); (1, 1, N) for a host of N GPUs (slices x
+      hosts x GPUs per host, as XLA's GPU topologies count); (N,) for CPU devices.
     accelerator_type: the Cloud TPU accelerator type ("v5p-128", "v5litepod-16";
-      "" for CPU), as `gcloud compute tpus tpu-vm create` takes it.
+      "" for GPU and CPU), as `gcloud compute tpus tpu-vm create` takes it.
   """
 
   name: str
@@ -49,8 +65,15 @@ class Topology:
     return math.prod(self.shape)
 
   @property
+  def platform(self) -> str:
+    """"tpu", "gpu" or "cpu": the compiler the devices are for."""
+    if self.chip.tpu:
+      return "tpu"
+    return "cpu" if self.chip.name == "cpu" else "gpu"
+
+  @property
   def is_tpu(self) -> bool:
-    return self.chip.name != "cpu"
+    return self.platform == "tpu"
 
 
 def grid(generation: str, num_chips: int) -> tuple[int, ...]:
@@ -75,7 +98,7 @@ def grid(generation: str, num_chips: int) -> tuple[int, ...]:
 
 
 def parse(name: str) -> Topology:
-  """Parses "v5p-128", "v5litepod-16", "v6e:16x16" or "cpu:8" (see the module doc).
+  """Parses "v5p-128", "v5litepod-16", "v6e:16x16", "h200x8" or "cpu:8" (see the module doc).
 
   Raises:
     UserError: the name is none of these forms (one line).
@@ -85,6 +108,9 @@ def parse(name: str) -> Topology:
   if cpu:
     n = int(cpu.group(1))
     return Topology(name, chips.cpu_chip(n), (n,), "")
+  gpu = re.fullmatch(rf"({'|'.join(GPUS)})(?:x([1-9]\d*))?", text)
+  if gpu:
+    return Topology(name, GPUS[gpu.group(1)], (1, 1, int(gpu.group(2) or 1)), "")
   typed = re.fullmatch(r"([a-z0-9]+)-([1-9]\d*)", text)
   shaped = re.fullmatch(r"([a-z0-9]+):([1-9]\d*(?:x[1-9]\d*){1,2})", text)
   match = typed or shaped
@@ -93,7 +119,8 @@ def parse(name: str) -> Topology:
     known = ", ".join(chips.TPU_GENERATIONS)
     raise errors.UserError(
         f"unknown topology {name!r}; expected GEN-N (e.g. v5p-128, v5e-16, v6e-256), "
-        f"GEN:AxB[xC] (e.g. v5p:4x4x4) or cpu:N, with GEN one of {known}")
+        f"GEN:AxB[xC] (e.g. v5p:4x4x4), GPU or GPUxN for one host of N GPUs (e.g. h200, "
+        f"h100x8) or cpu:N, with GEN one of {known} and GPU one of {', '.join(GPUS)}")
   generation, layout = chip.name, chip.tpu
   if typed:
     count = int(typed.group(2))
@@ -121,13 +148,66 @@ def quiet_libtpu(topology: Topology) -> None:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
-def devices(topology: Topology) -> list[jax.Device]:
-  """The devices to compile for: compile-only TPU devices, or this process's CPU devices.
+# TEMPORARY, remove once the model's resize no longer needs it: without a GPU, XLA cannot
+# autotune, and its Triton GEMM tiling then fails on the model's skinny resize einsum
+# (micar_jax/models/msve.py resize_2d; at the tiny config an f32[896,7] dot: "Couldn't find
+# output tile sizes").
+# GPU topologies compile their GEMMs as cuBLAS calls instead, which may shift the memory
+# figures a little from a run on the GPU (where XLA autotunes Triton GEMMs).
+GPU_XLA_FLAGS = ("--xla_gpu_enable_triton_gemm=false",)
+
+
+def prepare_gpu_compiler() -> None:
+  """Adds GPU_XLA_FLAGS to XLA_FLAGS, keeping flags XLA_FLAGS already sets.
+
+  Must run before jax initialises any backend: the CUDA plugin reads XLA_FLAGS
+  once, when it loads.
+  """
+  given = os.environ.get("XLA_FLAGS", "")
+  missing = [f for f in GPU_XLA_FLAGS
+             if not re.search(rf"{re.escape(f.split('=')[0])}(=|\s|$)", given)]
+  os.environ["XLA_FLAGS"] = " ".join([given, *missing]).strip()
+
+
+def _installed(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:  # its parent package is missing
+    return False
+
+
+def gpu_target(gpu: str) -> str:
+  """The XLA GPU target (GpuTargetConfigProto text) of a GPU in GPUS."""
+  with open(os.path.join(GPU_TARGETS_DIR, f"{gpu}.txtpb")) as f:
+    return f.read()
+
+
+def gpu_devices(topology: Topology) -> list[jax.Device]:
+  """Compile-only devices of a host of `topology.num_chips` GPUs.
 
   Raises:
-    UserError: libtpu is not installed (TPU), or the process has too few CPU devices.
+    UserError: the CUDA plugin is not installed.
   """
-  if not topology.is_tpu:
+  if not all(_installed(m) for m in GPU_PLUGIN_MODULES):
+    raise errors.UserError(f"topology {topology.name} needs the CUDA plugin, which is not "
+                           f"installed: {GPU_EXTRA_HINT}; cpu:N topologies work without it")
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  desc = topologies.get_topology_desc(
+      topology_name="", platform="cuda", target_config=gpu_target(topology.chip.name),
+      topology="x".join(map(str, topology.shape)))
+  return list(desc.devices)
+
+
+def devices(topology: Topology) -> list[jax.Device]:
+  """The devices to compile for: compile-only TPU or GPU devices, or this process's CPU devices.
+
+  Raises:
+    UserError: libtpu (TPU) or the CUDA plugin (GPU) is not installed, or the
+      process has too few CPU devices.
+  """
+  if topology.platform == "gpu":
+    return gpu_devices(topology)
+  if topology.platform == "cpu":
     cpus = jax.devices("cpu")
     if len(cpus) < topology.num_chips:
       raise errors.UserError(
