@@ -212,6 +212,27 @@ def test_gpu_library_calls_count_their_flops_and_not_their_scratch():
   assert rows["conv"].hbm_bytes == 2 * (8 * 16 * 16 * 4 + 8 * 3 * 3 * 4 + 8 * 16 * 16 * 8)
 
 
+# The backward calls of the same convolution: dx from (dy, w), dw from (x, dy); their
+# dim_labels still describe the forward conv.
+GPU_BACKWARD = """
+ENTRY %main (x: bf16[8,16,16,4], k: bf16[8,3,3,4], dy: bf16[8,16,16,8]) -> (bf16[8,16,16,4], bf16[8,3,3,4]) {
+  %x = bf16[8,16,16,4]{3,2,1,0} parameter(0)
+  %k = bf16[8,3,3,4]{3,2,1,0} parameter(1)
+  %dy = bf16[8,16,16,8]{3,2,1,0} parameter(2)
+  %dx = (bf16[8,16,16,4]{3,2,1,0}, u8[0]{0}) custom-call(%dy, %k), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardInput"
+  %dw = (bf16[8,3,3,4]{3,2,1,0}, u8[0]{0}) custom-call(%x, %dy), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"
+  %a = bf16[8,16,16,4]{3,2,1,0} get-tuple-element(%dx), index=0
+  %b = bf16[8,3,3,4]{3,2,1,0} get-tuple-element(%dw), index=0
+  ROOT %t = (bf16[8,16,16,4]{3,2,1,0}, bf16[8,3,3,4]{3,2,1,0}) tuple(%a, %b)
+}
+"""
+
+
+def test_cudnn_backward_convolutions_cost_what_the_forward_one_does():
+  rows = {r.name: r for r in hlo_cost.estimate(GPU_BACKWARD, CHIP, 1).rows}
+  assert rows["dx"].flops == rows["dw"].flops == 2 * (8 * 16 * 16 * 8) * 9 * 4
+
+
 def test_a_compiled_loop_counts_its_body_trip_count_times():
   trips = 5
 

@@ -181,12 +181,20 @@ class _Costing:
       inner = self.types[inst.called("calls")]
       return sum(self.flops(i, inner) for i in self.body(inst))
     if op == "convolution" or (op == "custom-call" and "dim_labels=" in inst.attrs):
-      labels = _KERNEL_LABELS.search(inst.attrs)
-      kernel = _dims(types.get(inst.operands[1], ""))
-      if not labels or len(labels.group(1)) != len(kernel):
+      # 2 x forward output x kernel taps x kernel input features. A cuDNN call's
+      # dim_labels describe its forward conv, whose output and kernel sit elsewhere in
+      # the backward calls: dx = f(dy, w), dw = f(x, dy).
+      output, kernel = inst.type, types.get(inst.operands[1], "")
+      if "convBackwardInput" in inst.attrs:
+        output = types.get(inst.operands[0], "")
+      elif "convBackwardFilter" in inst.attrs:
+        output, kernel = types.get(inst.operands[1], ""), inst.type
+      labels, kernel_dims = _KERNEL_LABELS.search(inst.attrs), _dims(kernel)
+      if not labels or len(labels.group(1)) != len(kernel_dims):
         return 0.0
-      taps = math.prod(d for d, c in zip(kernel, labels.group(1)) if c.isdigit())
-      return 2.0 * math.prod(_dims(inst.type)) * taps * kernel[labels.group(1).index("i")]
+      taps = math.prod(d for d, c in zip(kernel_dims, labels.group(1)) if c.isdigit())
+      return (2.0 * math.prod(_dims(output)) * taps
+              * kernel_dims[labels.group(1).index("i")])
     contracting = _CONTRACTING.search(inst.attrs)  # dot, or a GPU library gemm's config
     if op in ("dot", "custom-call") and contracting:
       lhs = _dims(types.get(inst.operands[0], ""))
