@@ -187,6 +187,28 @@ def test_a_tpu_async_collective_is_costed_once_and_overlaps_the_work_between():
   assert sum(r.time_s for r in e.rows) == pytest.approx(e.step_s)
 
 
+# TPU's forms: ragged_dot's weight gradient as a masked conv whose input is dilated by
+# the window (one tap in 8 is real), and an async slice into on-chip memory.
+TPU_FORMS = """
+ENTRY %main (a: bf16[8,96,16], k: bf16[8,96,32], w: f32[192,64]) -> (bf16[8,16,32], f32[48,64]) {
+  %a = bf16[8,96,16]{2,1,0} parameter(0)
+  %k = bf16[8,96,32]{2,1,0} parameter(1)
+  %w = f32[192,64]{1,0} parameter(2)
+  %conv = bf16[8,16,32]{2,1,0:S(1)} convolution(%a, %k), window={size=8 stride=7 lhs_dilate=8}, dim_labels=0fb_0io->0bf
+  %ss = ((f32[192,64]{1,0}), f32[48,64]{1,0:S(1)}, s32[]{:S(2)}) slice-start(%w), slice={[0:48], [0:64]}
+  %sd = f32[48,64]{1,0:S(1)} slice-done(%ss)
+  ROOT %t = (bf16[8,16,32]{2,1,0:S(1)}, f32[48,64]{1,0:S(1)}) tuple(%conv, %sd)
+}
+"""
+
+
+def test_dilated_taps_and_async_slices_count_what_they_touch():
+  rows = {r.name: r for r in hlo_cost.estimate(TPU_FORMS, CHIP, 1).rows}
+  # Per expert 96 rows x 16 x 32: the dense work, not 8x it.
+  assert rows["conv"].flops == 2 * (8 * 16 * 32) * 96
+  assert rows["ss"].hbm_bytes == 4 * 48 * 64  # the slice read, not the whole 192 rows
+
+
 # GPU's library calls: a cuBLAS gemm and a cuDNN convolution, each also returning a
 # scratch buffer that is not traffic.
 GPU = """

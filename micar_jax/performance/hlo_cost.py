@@ -44,7 +44,8 @@ _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "afte
 # Ops that move or rearrange data without arithmetic.
 _MOVES = _FREE | {"broadcast", "reshape", "transpose", "copy", "slice", "dynamic-slice",
                   "dynamic-update-slice", "concatenate", "pad", "iota", "reverse", "gather",
-                  "scatter", "convert", "bitcast-convert", "copy-start", "custom-call"}
+                  "scatter", "convert", "bitcast-convert", "copy-start", "custom-call",
+                  "slice-start", "slice-done"}
 _SLICES = {"slice", "dynamic-slice", "gather"}  # read only the part they return
 _REDUCES = {"reduce", "reduce-window", "select-and-scatter"}
 _SKIP_SCOPES = {"while", "body", "cond", "closed_call", "checkpoint", "remat", "branch",
@@ -54,6 +55,7 @@ _TRIP = re.compile(r'known_trip_count"?\s*:\s*\{\s*"n"\s*:\s*"?(\d+)')
 _CONTRACTING = re.compile(r'lhs_contracting_dim(?:s|ensions)["=:\s{\[]*([\d,"\s]*)')
 _KERNEL_LABELS = re.compile(r"dim_labels=[^_\s]+_([^-\s]+)->")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_LHS_DILATE = re.compile(r"lhs_dilate=([\dx]+)")
 
 
 @dataclasses.dataclass
@@ -193,6 +195,11 @@ class _Costing:
       if not labels or len(labels.group(1)) != len(kernel_dims):
         return 0.0
       taps = math.prod(d for d, c in zip(kernel_dims, labels.group(1)) if c.isdigit())
+      # An input dilated by d (a strided conv's gradient, ragged_dot's masked form on
+      # TPU) has a hole under all but 1/d of the taps along that dimension.
+      dilated = _LHS_DILATE.search(inst.attrs)
+      if dilated:
+        taps /= math.prod(int(d) for d in dilated.group(1).split("x"))
       return (2.0 * math.prod(_dims(output)) * taps
               * kernel_dims[labels.group(1).index("i")])
     contracting = _CONTRACTING.search(inst.attrs)  # dot, or a GPU library gemm's config
@@ -240,6 +247,10 @@ class _Costing:
       for i, o in enumerate(inst.operands):
         uses.setdefault(o, []).append((inst, i))
     written = collectives.outputs(inst)
+    if inst.opcode == "slice-start":
+      # An async slice reads just its slice, usually into on-chip memory.
+      return (float(sum(collectives.array_bytes(", ".join(written))))
+              + _hbm_bytes(", ".join(written)))
     if inst.opcode == "custom-call" and inst.type.startswith("("):
       parts = collectives.split(inst.type[1:-1])  # cuBLAS/cuDNN end with a scratch buffer
       written = parts[:-1] if parts[-1].startswith(("s8[", "u8[")) else parts
