@@ -1,4 +1,5 @@
-"""Tests for micar_jax.core.checkpointing: a full disk during a save is one error, nothing lost."""
+"""Tests for micar_jax.core.checkpointing: a full disk during a save is one error, nothing lost;
+a checkpoint restores into either ResNet block layout."""
 
 import logging
 import os
@@ -12,7 +13,11 @@ import numpy as np
 import pytest
 
 from micar_jax import errors
-from micar_jax.core import checkpointing
+from micar_jax.core import checkpointing, sharding
+from micar_jax.core import state as state_lib
+from micar_jax.data import batch_spec
+from micar_jax.models import block_layout, model_config, partitioning
+from micar_jax.training import optim
 
 
 @pytest.fixture
@@ -167,3 +172,59 @@ def test_a_save_that_fills_the_disk_prints_the_one_error_line_and_nothing_else(t
   assert len(lines) == 1, out.stderr[-3000:]
   assert lines[0].startswith("error: saving the latest checkpoint of step 1 failed: No space "
                              "left on device")
+
+
+def _train_state(config, scan_blocks, mesh):
+  """A sharded TrainState of `config`'s model with every leaf distinct (moments included)."""
+  config.model.scan_blocks = scan_blocks
+  mc = model_config.ModelConfig.from_config(config, 20)
+  spec = batch_spec.BatchSpec(1, 32, mc.num_views, mc.max_len)
+  init = state_lib.make_init_fn(mc, optim.make_optimizer(config, 10), spec)
+  state, _ = sharding.init_sharded(init, mesh, partitioning.logical_rules(), jax.random.PRNGKey(0))
+  return mc, state
+
+
+def test_a_checkpoint_of_per_block_resnet_variables_restores_into_a_scanned_model(
+    tmp_path, load_config):
+  config = load_config("configs/synthetic.py:tiny")
+  config.model.resnet_stages = (1, 3, 1, 1)  # stage 2 scans its blocks 1 and 2
+  config.mesh.fsdp = 2
+  mesh = sharding.make_mesh(config, jax.devices()[:2])
+  mc, state = _train_state(config, False, mesh)
+  # Distinct values everywhere, so a block restored in another's place would show.
+  leaves, treedef = jax.tree.flatten(state)
+  leaves = [x + jnp.arange(x.size, dtype=x.dtype).reshape(x.shape) * (i + 1)
+            for i, x in enumerate(leaves)]
+  state = jax.tree.unflatten(treedef, leaves)
+  ckpts = checkpointing.Checkpoints(str(tmp_path))
+  ckpts.save_latest(4, state, _iterator(2), {"epoch": 0})
+  ckpts.save_best(4, state.variables(), {"score": 1.0})
+  ckpts.close()
+
+  scanned_mc, scanned = _train_state(config, True, mesh)
+  # Layouts only: a run may switch scan_blocks (compute-only) and keep its workdir.
+  assert checkpointing.run_config_of(scanned_mc) == checkpointing.run_config_of(mc)
+  abstract = checkpointing.abstract_like(scanned)
+  assert block_layout.stages_of(abstract) == {2} and not block_layout.stages_of(state)
+  ckpts = checkpointing.Checkpoints(str(tmp_path))
+  restored, meta = ckpts.restore_latest(abstract, _iterator(0))
+  best, _ = ckpts.restore_best(checkpointing.abstract_like(scanned.variables()))
+  ckpts.close()
+  assert meta == {"epoch": 0}
+  for got, target in ((restored, abstract), (best, abstract.variables())):
+    assert jax.tree.structure(got) == jax.tree.structure(target)
+    for x, a in zip(jax.tree.leaves(got), jax.tree.leaves(target)):
+      assert (x.shape, x.dtype, x.sharding) == (a.shape, a.dtype, a.sharding)
+  want = jax.tree.map(np.asarray, state)
+  for got, expected in ((restored, want), (best, want.variables())):
+    got = block_layout.unstack(jax.tree.map(np.asarray, got))
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+      np.testing.assert_array_equal(x, y)
+
+  # Another config is still refused in one line before any restore.
+  checkpointing.check_run_config(str(tmp_path), checkpointing.run_config_of(mc))
+  config.model.resnet_stages = (1, 2, 1, 1)
+  other, _ = _train_state(config, True, mesh)
+  with pytest.raises(errors.UserError, match="incompatible config .*stage_sizes"):
+    checkpointing.check_run_config(str(tmp_path), checkpointing.run_config_of(other))

@@ -24,10 +24,11 @@ from micar_jax.models import model as model_lib
 VOCAB = 30
 
 
-@pytest.fixture(scope="module")
-def setup(load_config):
-  """Tiny covctr config, its ModelConfig and a random reference state dict."""
+def _setup(load_config, stages=()):
+  """Tiny covctr config (ResNet stages `stages` if given), its ModelConfig and a random
+  reference state dict."""
   config = load_config("configs/covctr.py:tiny")
+  config.model.resnet_stages = stages or config.model.resnet_stages
   mc = model_lib.ModelConfig.from_config(config, VOCAB)
   rng = np.random.default_rng(0)
   flat = {k: rng.standard_normal(s).astype(np.float32)
@@ -35,6 +36,13 @@ def setup(load_config):
   variables = flax.traverse_util.unflatten_dict(flat)
   state_dict = official.variables_to_official_state_dict(variables, mc)
   return config, mc, state_dict
+
+
+@pytest.fixture(scope="module")
+def setup(load_config):
+  """Tiny covctr config (a (1, 1, 1, 1) ResNet: nothing to scan), its ModelConfig and a
+  random reference state dict."""
+  return _setup(load_config)
 
 
 def test_reference_names_and_shapes(setup):
@@ -69,9 +77,18 @@ def test_reference_names_and_shapes(setup):
   assert not any(k.startswith(("encoder.layers.1", "decoder.layers.1")) for k in sd)
 
 
-def test_round_trip_is_exact(setup):
-  config, mc, sd = setup
+# (1, 3, 1, 4): stages 2 and 4 scan their blocks 1..n-1 (model.scan_blocks, the default).
+@pytest.mark.parametrize("stages", [(), (1, 3, 1, 4)])
+def test_round_trip_is_exact(setup, load_config, stages):
+  config, mc, sd = _setup(load_config, stages) if stages else setup
   variables = official.official_state_dict_to_variables(sd, config)
+  backbone = variables["params"]["vis_enc"]["backbone"]
+  if stages:
+    assert backbone["stage4_blocks"]["conv1"]["kernel"].shape[0] == 3
+    np.testing.assert_array_equal(backbone["stage2_blocks"]["bn1"]["scale"][1],
+                                  sd["vis_enc.layer2.0.2.bn1.weight"])
+  else:
+    assert not any(k.endswith("_blocks") for k in backbone)
   again = official.variables_to_official_state_dict(variables, mc)
   assert sorted(again) == sorted(sd)
   for k in sd:

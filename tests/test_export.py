@@ -70,6 +70,39 @@ def test_round_trip_official_ours_official_is_bitwise(reference_state_dict, tmp_
   assert sorted(os.listdir(tmp_path)) == sorted(f"model{s}" for s in formats)
 
 
+def test_a_scanned_checkpoint_exports_bitwise_and_loads_into_either_layout(load_config,
+                                                                          tmp_path):
+  """Scanned ResNet blocks (stages 2 and 4 here): the checkpoint, the export and a converted
+  folder go through `block_layout` at their boundaries, and come out bitwise."""
+  config = load_config("configs/covctr.py:tiny")
+  config.model.resnet_stages = (1, 3, 1, 4)
+  mc = model_lib.ModelConfig.from_config(config, VOCAB)
+  rng = np.random.default_rng(3)
+  sd = official.variables_to_official_state_dict(flax.traverse_util.unflatten_dict(
+      {k: rng.standard_normal(s).astype(np.float32)
+       for k, s in official.variable_shapes(mc).items()}), mc)
+  sd.update(export.reference_constants(mc))
+  variables = official.official_state_dict_to_variables(sd, config)
+  assert "stage4_blocks" in variables["params"]["vis_enc"]["backbone"]
+  ckpts = checkpointing.Checkpoints(str(tmp_path / "run"))
+  ckpts.save_best(3, variables, {"score": 0.5})
+  ckpts.close()
+  restored = export.restore_variables(str(tmp_path / "run"), "best", 3, mc)
+  assert "stage4_block3" in restored["params"]["vis_enc"]["backbone"]
+  _assert_same_state_dict(export.to_state_dict(restored, mc), sd)
+  # A folder written scanned loads into a per-block model, and back.
+  folder = tmp_path / "converted"
+  io.save(str(folder), weights.MODEL_DIR, variables)
+  per_block = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, np.float32),
+                           flax.traverse_util.unflatten_dict(official.variable_shapes(mc)),
+                           is_leaf=lambda x: isinstance(x, tuple))
+  loaded = weights.load_model_init(str(folder), per_block)
+  _assert_same_state_dict(export.to_state_dict(loaded, mc), sd)
+  io.save(str(tmp_path / "per_block"), weights.MODEL_DIR, jax.tree.map(np.asarray, loaded))
+  scanned = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
+  _assert_same_variables(weights.load_model_init(str(tmp_path / "per_block"), scanned), variables)
+
+
 def test_bfloat16_variables_are_widened(reference_state_dict):
   config, mc, sd = reference_state_dict
   variables = official.official_state_dict_to_variables(sd, config)

@@ -60,7 +60,8 @@ def test_stage_sizes_follow_resnet_depth_and_vocab_size_the_config():
 def test_run_config_leaves_out_exactly_the_compute_only_fields():
   mc = ModelConfig.from_config(defaults.tiny(defaults.base_config()), 17)
   assert ModelConfig.compute_only_fields() == {
-      "attention_dropout", "dropout", "capacity_factor", "moe_impl", "dtype", "remat"}
+      "attention_dropout", "dropout", "capacity_factor", "moe_impl", "dtype", "remat",
+      "scan_blocks"}
   run = checkpointing.run_config_of(mc)
   assert set(run) == {f.name for f in dataclasses.fields(mc)} - mc.compute_only_fields()
   assert run["stage_sizes"] == [1, 1, 1, 1]  # JSON-shaped

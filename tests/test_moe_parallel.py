@@ -1,4 +1,5 @@
-"""Expert-parallel MoE on 8 simulated devices against the one-device MoE."""
+"""Batch-sharded MoE on 8 simulated devices against the one-device MoE: the per-shard
+sort and einsum dispatches, and expert parallelism."""
 
 import dataclasses
 import re
@@ -79,32 +80,15 @@ def test_matches_one_device_outputs_aux_and_gradients(mesh_name, combine):
     assert_trees_close(grads, ref_grads)
 
 
-def test_token_count_not_divisible_by_the_shards_is_padded():
+@pytest.mark.parametrize("impl", ["expert_parallel", "sort", "einsum"])
+def test_token_count_not_divisible_by_the_shards_is_padded(impl):
   params, x = inputs(batch=3, tokens=5)  # 15 tokens over 8 shards
   with partitioning.use_mesh(mesh_of(data=2, expert=4), partitioning.logical_rules()):
-    grads, (y, stats) = jax.jit(grad_fn(layer("expert_parallel")))(params, x)
+    grads, (y, stats) = jax.jit(grad_fn(layer(impl)))(params, x)
   ref_grads, (ref_y, _) = jax.jit(grad_fn(layer("sort")))(params, x)
   np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-6)
   assert_trees_close(grads, ref_grads)
   assert float(stats["dropped"]) == 0.0
-
-
-def test_capacity_is_per_shard_and_drops_are_counted():
-  # Each of the 8 batch shards holds one sequence: expert parallelism must equal
-  # the one-device capacity MoE applied to each sequence alone.
-  params, x = inputs(batch=8, tokens=6)
-  cf = 0.5
-  with partitioning.use_mesh(mesh_of(data=2, expert=4), partitioning.logical_rules()):
-    y, stats = jax.jit(lambda p, x: layer("expert_parallel", capacity_factor=cf).apply(
-        {"params": p}, x, False))(params, x)
-  one_shard = jax.jit(
-      lambda p, x: layer("einsum", capacity_factor=cf).apply({"params": p}, x, False))
-  per_shard = [one_shard(params, x[i:i + 1]) for i in range(8)]
-  np.testing.assert_allclose(y, jnp.concatenate([p[0] for p in per_shard]), rtol=1e-5,
-                             atol=1e-6)
-  expected_dropped = np.mean([float(p[1]["dropped"]) for p in per_shard])
-  assert expected_dropped > 0.0
-  np.testing.assert_allclose(float(stats["dropped"]), expected_dropped, rtol=1e-6)
 
 
 def test_dropout_masks_depend_on_the_rng_only():
@@ -145,6 +129,58 @@ def test_errors_without_a_mesh_or_with_indivisible_experts():
   with partitioning.use_mesh(mesh_of(expert=8), partitioning.logical_rules()):
     with pytest.raises(errors.ConfigError, match="num_experts=4 does not split"):
       module.apply({"params": params}, x, False)
+
+
+@pytest.mark.parametrize("impl", ["sort", "einsum"])
+@pytest.mark.parametrize("mesh_name", MESHES)
+def test_per_shard_dispatch_equals_one_device(impl, mesh_name):
+  params, x = inputs()
+  ref_grads, (ref_y, ref_stats) = jax.jit(grad_fn(layer(impl)))(params, x)
+  with partitioning.use_mesh(mesh_of(**MESHES[mesh_name]), partitioning.logical_rules()):
+    grads, (y, stats) = jax.jit(grad_fn(layer(impl)))(params, x)
+  if "tensor" in mesh_name:  # d_ff split over "tensor": partial outputs summed in another order
+    np.testing.assert_allclose(y, ref_y, rtol=1e-6, atol=1e-6)
+  else:  # each token's rows are computed as on one device
+    np.testing.assert_array_equal(y, ref_y)
+  for key in ("aux", "z", "load", "dropped"):
+    np.testing.assert_allclose(stats[key], ref_stats[key], rtol=1e-6)
+  assert_trees_close(grads, ref_grads)
+
+
+def test_every_dispatch_counts_capacity_per_batch_shard_and_drops_are_counted():
+  params, x = inputs(batch=8, tokens=6)
+  cf = 0.5
+  outs = {}
+  with partitioning.use_mesh(mesh_of(data=2, expert=4), partitioning.logical_rules()):
+    for impl in ("sort", "einsum", "expert_parallel"):
+      outs[impl] = jax.jit(lambda p, x, impl=impl: layer(impl, capacity_factor=cf).apply(
+          {"params": p}, x, False))(params, x)
+  # Each shard holds one sequence: the one-device MoE on that sequence alone.
+  per_shard = [layer("sort", capacity_factor=cf).apply({"params": params}, x[i:i + 1], False)
+               for i in range(8)]
+  expected_dropped = np.mean([float(p[1]["dropped"]) for p in per_shard])
+  assert expected_dropped > 0.0
+  for y, stats in outs.values():
+    np.testing.assert_allclose(y, jnp.concatenate([p[0] for p in per_shard]), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(float(stats["dropped"]), expected_dropped, rtol=1e-6)
+
+
+def test_sort_under_data8_sorts_only_its_shard_and_gathers_no_rows():
+  params, x = inputs(batch=8, tokens=6)
+  rows = 8 * 6 * K  # global token-expert rows
+  f = jax.grad(lambda p, x: loss_and_stats(layer("sort"), p, x)[0], argnums=(0, 1))
+  with partitioning.use_mesh(mesh_of(data=8), partitioning.logical_rules()):
+    hlo = jax.jit(f).lower(params, x).compile().as_text()
+  # The dispatch's row ops: the sorted rows gathered from the tokens [rows, 1, D] and the
+  # grouped matmuls' outputs [rows, F] / [rows, D], forward and backward.
+  dispatch = "\n".join(line for line in hlo.splitlines() if "/shard_map/" in line)
+  gathered = re.findall(rf"= \w+\[(\d+),1,{D}\]\S* gather\(", dispatch)
+  matmuls = re.findall(rf"= f32\[(\d+),(?:{D}|{F})\]\S* dot\(", dispatch)
+  assert len(gathered) >= 2 and len(matmuls) >= 6
+  assert {int(r) for r in gathered + matmuls} == {rows // 8}
+  # No global gather: not of the tokens, nor of the router probabilities for top-k.
+  assert " all-gather(" not in hlo
 
 
 @pytest.mark.slow

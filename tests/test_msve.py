@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from micar_jax.config import defaults
 from micar_jax.models import model as model_lib
@@ -52,3 +53,44 @@ def test_resize_2d_applies_both_axes():
   y = msve.upsample(x, (4, 4))
   np.testing.assert_allclose(y[0, :, 0, 0], [0, .5, 1.5, 2])
   np.testing.assert_allclose(y[0, 0, :, 0], [0, .25, .75, 1])
+
+
+RESIZES = [  # (matrix, input [h, w], output [h, w]): every path of resize_axis
+    (msve.bilinear_matrix, (7, 7), (56, 56)),  # integer upsampling: shifted slices
+    (msve.bilinear_matrix, (1, 2), (8, 4)),
+    (msve.bilinear_matrix, (3, 5), (5, 9)),  # any other size: gathered nonzeros
+    (msve.bilinear_matrix, (6, 13), (4, 25)),
+    (msve.adaptive_pool_matrix, (56, 16), (7, 8)),  # whole windows: reshaped mean
+    (msve.adaptive_pool_matrix, (8, 25), (7, 7)),  # overlapping windows
+    (msve.adaptive_pool_matrix, (3, 3), (7, 7)),
+]
+
+
+@pytest.mark.parametrize("matrix_fn,in_hw,out_hw", RESIZES)
+def test_resize_applies_the_torch_matrices_and_their_transpose(matrix_fn, in_hw, out_hw):
+  rng = np.random.RandomState(0)
+  x = (3 * rng.randn(2, *in_hw, 5) + 1).astype(np.float32)
+  mh, mw = matrix_fn(out_hw[0], in_hw[0]), matrix_fn(out_hw[1], in_hw[1])
+  y, vjp = jax.vjp(lambda x: msve.resize_2d(x, matrix_fn, out_hw), jnp.asarray(x))
+  want = np.einsum("oh,pw,bhwc->bopc", mh, mw, x.astype(np.float64))
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(y, want, rtol=0, atol=1e-6 * np.abs(want).max())
+  cotangent = rng.randn(*want.shape).astype(np.float32)
+  (grad,) = vjp(jnp.asarray(cotangent))
+  want_grad = np.einsum("oh,pw,bopc->bhwc", mh, mw, cotangent.astype(np.float64))
+  np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-6 * np.abs(want_grad).max())
+
+
+def test_resize_and_pool_keep_channels_minor_without_matmuls():
+  # A matrix einsum makes skinny matmuls over b·w·c rows and transposes the activation.
+  x = jnp.zeros((2, 7, 7, 16), jnp.bfloat16)
+  fused = jnp.zeros((2, 56, 56, 16), jnp.bfloat16)
+
+  def f(x, fused):
+    up = msve.upsample(x, (56, 56))
+    pooled = msve.resize_2d(fused + up, msve.adaptive_pool_matrix, (7, 7))
+    return jnp.sum(pooled.astype(jnp.float32) ** 2)
+
+  hlo = jax.jit(jax.grad(f, argnums=(0, 1))).lower(x, fused).as_text()
+  assert "dot_general" not in hlo and "transpose" not in hlo
+  assert msve.upsample(x, (56, 56)).dtype == jnp.bfloat16

@@ -30,6 +30,7 @@ from micar_jax import errors
 from micar_jax.convert import official
 from micar_jax.core import checkpointing, weights
 from micar_jax.data import tokenizer as tokenizer_lib
+from micar_jax.models import block_layout
 from micar_jax.models import model as model_lib
 
 STEPS = ("best", "latest")
@@ -119,9 +120,12 @@ def restore_variables(workdir: str, kind: str, step: int, mc: model_lib.ModelCon
     tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
   except Exception as e:  # pylint: disable=broad-except
     raise errors.UserError(f"{path} is not an Orbax checkpoint ({weights.first_line(e)})") from None
+  # Compared and returned in the unscanned layout (the converter's); the step's own
+  # layout (scanned or not, `block_layout`) is only how it is read.
   shapes = official.variable_shapes(mc)
+  stored_tree = {c: tree.get(c, {}) for c in ("params", "batch_stats")}
   stored = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(
-      {c: tree.get(c, {}) for c in ("params", "batch_stats")}).items()}
+      block_layout.unstack(stored_tree)).items()}
   missing = ["/".join(k) for k in shapes if k not in stored]
   unexpected = ["/".join(k) for k in stored if k not in shapes]
   wrong = [f"{'/'.join(k)} {stored[k]} expected {s}" for k, s in shapes.items()
@@ -131,13 +135,13 @@ def restore_variables(workdir: str, kind: str, step: int, mc: model_lib.ModelCon
                                 missing, unexpected, wrong)
   # Only params and batch_stats, straight to host arrays: a latest step's optimizer
   # state stays on disk, and no device or mesh is needed.
-  target = flax.traverse_util.unflatten_dict(
-      {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in shapes.items()})
-  restore_args = flax.traverse_util.unflatten_dict(
-      {k: ocp.RestoreArgs(restore_type=np.ndarray) for k in shapes})
+  target = block_layout.relayout(flax.traverse_util.unflatten_dict(
+      {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in shapes.items()}), stored_tree)
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
   try:
-    return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True))
+    return block_layout.unstack(ocp.PyTreeCheckpointer().restore(
+        path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                          partial_restore=True)))
   except Exception as e:  # pylint: disable=broad-except
     raise errors.UserError(f"{path} cannot be read ({weights.first_line(e)})") from None
 

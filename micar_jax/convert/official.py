@@ -1,4 +1,9 @@
-"""The official PyTorch `CaptionModel` state dict <-> our {"params", "batch_stats"}."""
+"""The official PyTorch `CaptionModel` state dict <-> our {"params", "batch_stats"}.
+
+Names are matched block by block in the unscanned ResNet layout
+(`block_layout`); variables cross into the model's layout (scanned when
+`model.scan_blocks`) only at this module's boundary.
+"""
 
 import math
 from typing import Any
@@ -10,7 +15,7 @@ import numpy as np
 
 from micar_jax.convert import names
 from micar_jax.core import summary, weights
-from micar_jax.models import attention, transformer
+from micar_jax.models import attention, block_layout, transformer
 from micar_jax.models import model as model_lib
 
 EMBEDDING = "text_embs.embedding.weight"
@@ -46,8 +51,9 @@ def torch_position_table(length: int, d_model: int) -> np.ndarray | None:
 
 
 def variable_shapes(mc: model_lib.ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-  """Flat (collection, module..., leaf) -> shape of the model's variables (no allocation)."""
-  flat = flax.traverse_util.flatten_dict(summary.abstract_variables(mc))
+  """Flat (collection, module..., leaf) -> shape of the model's variables (no allocation),
+  in the unscanned layout (`stage{s}_block{b}`) whatever `mc.scan_blocks` says."""
+  flat = flax.traverse_util.flatten_dict(block_layout.unstack(summary.abstract_variables(mc)))
   return {k: tuple(v.shape) for k, v in flat.items()}
 
 
@@ -65,7 +71,8 @@ def official_state_dict_to_variables(state_dict: dict[str, np.ndarray],
     config: the dataset config (configs/<dataset>.py).
 
   Returns:
-    {"params": ..., "batch_stats": ...} of float32 numpy arrays, our layouts.
+    {"params": ..., "batch_stats": ...} of float32 numpy arrays, our layouts (the
+    ResNet's blocks stacked when config.model.scan_blocks).
 
   Raises:
     weights.MismatchError: missing, unexpected or wrongly shaped entries, all listed.
@@ -78,13 +85,15 @@ def official_state_dict_to_variables(state_dict: dict[str, np.ndarray],
       f"state dict does not fit the {config.dataset} config "
       f"(num_layers={mc.num_layers}, text_seq_len={mc.max_len}, V={mc.vocab_size})",
       constants=constants(mc))
-  return flax.traverse_util.unflatten_dict(flat)
+  return block_layout.stack(flax.traverse_util.unflatten_dict(flat), mc)
 
 
 def variables_to_official_state_dict(variables: dict[str, Any], mc: model_lib.ModelConfig
                                      ) -> dict[str, np.ndarray]:
-  """Our variables -> the reference's state dict (names, layouts, constants, BN counters)."""
-  flat = flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, variables))
+  """Our variables (either ResNet layout) -> the reference's state dict (names, layouts,
+  constants, BN counters)."""
+  flat = flax.traverse_util.flatten_dict(
+      block_layout.unstack(jax.tree.map(np.asarray, variables), mc))
   state_dict = names.to_state_dict(flat, names.OFFICIAL)
   state_dict.update(constants(mc))
   return state_dict

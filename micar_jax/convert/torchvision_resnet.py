@@ -17,8 +17,12 @@ _BLOCK_CONV = re.compile(r"layer([1-4])\.(\d+)\.conv1\.weight$")
 
 
 def backbone_shapes(stage_sizes: tuple[int, ...], width: int) -> dict[tuple[str, ...], tuple]:
-  """Flat (collection, module..., leaf) -> shape of our ResNet's variables."""
-  model = resnet.ResNet(stage_sizes, width)
+  """Flat (collection, module..., leaf) -> shape of our ResNet's variables, unscanned.
+
+  Converted backbones are written in this layout; loading stacks them for a
+  scanned model (`weights.load_vision_init`).
+  """
+  model = resnet.ResNet(stage_sizes, width, scan_blocks=False)
   images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
   abstract = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, False), images)
   flat = flax.traverse_util.flatten_dict(nn.meta.unbox(abstract))

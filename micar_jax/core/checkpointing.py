@@ -17,6 +17,12 @@ fails verification (bit rot, a bad copy, a truncated file) or cannot be read
 is reported in one line and the next older step is tried, so a run resumes
 from its newest intact state. A step saved before checksums existed restores
 unverified (and says so).
+
+Layouts: a step stores the ResNet blocks scanned or one by one, as the model
+that saved it had them (`model.scan_blocks`). A restore reads the step's own
+layout from its metadata, restores in it and moves the blocks into the
+target's layout (`models.block_layout`, exact), optimizer moments included, so
+switching scan_blocks keeps a run resumable.
 """
 
 import contextlib
@@ -35,6 +41,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
 from micar_jax import errors
+from micar_jax.models import block_layout
 
 RUN_CONFIG = "run_config.json"
 # Per step: {relative file path: sha256 hex digest} of every other file of the step.
@@ -219,10 +226,13 @@ class Checkpoints:
       CorruptCheckpointError: latest checkpoints exist but none is intact.
     """
     def restore(step: int) -> Any:
-      return self.latest.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
+      stored = _in_stored_layout(self.latest, step, abstract_state)
+      restored = self.latest.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(stored),
           data_iter=grain.checkpoint.CheckpointRestore(data_iter),
           meta=ocp.args.JsonRestore()))
+      return {"state": block_layout.relayout_placed(restored["state"], abstract_state),
+              "meta": restored["meta"]}
 
     found = self._restore_newest_intact(self.latest, "latest", restore)
     if found is None:
@@ -245,8 +255,11 @@ class Checkpoints:
       CorruptCheckpointError: the best checkpoint failed verification or cannot be read.
     """
     def restore(step: int) -> Any:
-      return self.best.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_variables), meta=ocp.args.JsonRestore()))
+      stored = _in_stored_layout(self.best, step, abstract_variables)
+      restored = self.best.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(stored), meta=ocp.args.JsonRestore()))
+      return {"state": block_layout.relayout_placed(restored["state"], abstract_variables),
+              "meta": restored["meta"]}
 
     found = self._restore_newest_intact(self.best, "best", restore)
     if found is None:
@@ -257,6 +270,13 @@ class Checkpoints:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+def _in_stored_layout(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+  """The abstract `target` in the ResNet block layout that `step`'s state was saved in."""
+  # Read from the files: a manager that has not saved yet has no handler for metadata.
+  path = os.path.join(os.fspath(manager.directory), str(step), "state")
+  return block_layout.relayout(target, ocp.StandardCheckpointer().metadata(path).item_metadata.tree)
 
 
 def _replace_step(manager: ocp.CheckpointManager, step: int) -> None:

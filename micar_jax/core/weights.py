@@ -7,7 +7,10 @@ A converted folder holds one Orbax (StandardCheckpointer) checkpoint of
   official:            DIR/variables/  DIR/token2id.json  DIR/conversion.json
 
 Loading checks names and shapes against the model of the run's config first,
-so a folder of another config is one error listing every difference.
+so a folder of another config is one error listing every difference. Names are
+compared in the unscanned ResNet layout, and a folder restores in the layout it
+was written in, then takes the model's (`models.block_layout`): folders
+written with or without `model.scan_blocks` load into either model.
 """
 
 import json
@@ -19,6 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from micar_jax import errors
+from micar_jax.models import block_layout
 
 BACKBONE_DIR = "backbone"
 RESNET_JSON = "resnet.json"
@@ -71,10 +75,11 @@ def _restore_checked(path: str, target: dict[str, Any], what: str) -> dict[str, 
   if not os.path.isdir(path):
     raise errors.UserError(f"{os.path.dirname(path)} is not a converted folder ({path} is missing)")
   try:
-    stored = _flat_shapes(ocp.StandardCheckpointer().metadata(path).item_metadata.tree)
+    stored_tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
   except Exception as e:  # pylint: disable=broad-except
     raise errors.UserError(f"{path} is not an Orbax checkpoint ({first_line(e)})") from None
-  wanted = _flat_shapes(target)
+  stored = _flat_shapes(block_layout.unstack(stored_tree))
+  wanted = _flat_shapes(block_layout.unstack(target))
   wrong = [f"{k} {stored[k]} expected {wanted[k]}" for k in wanted
            if k in stored and stored[k] != wanted[k]]
   missing = [k for k in wanted if k not in stored]
@@ -82,7 +87,8 @@ def _restore_checked(path: str, target: dict[str, Any], what: str) -> dict[str, 
   if missing or unexpected or wrong:
     raise MismatchError(what, missing, unexpected, wrong)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  return ocp.StandardCheckpointer().restore(path, abstract)
+  restored = ocp.StandardCheckpointer().restore(path, block_layout.relayout(abstract, stored_tree))
+  return block_layout.relayout_placed(restored, abstract)
 
 
 def check_vision_init(directory: str) -> None:

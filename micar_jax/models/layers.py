@@ -106,8 +106,9 @@ class BatchNorm(nn.Module):
 
   Train mode normalises with the biased batch variance and updates the running
   variance with the unbiased one (as torch does); eval mode uses the running
-  statistics. Statistics are computed in float32 (or wider). Under `jax.jit` with a
-  batch-sharded input, the reductions become cross-device automatically.
+  statistics. Under `jax.jit` with a batch-sharded input, each batch shard
+  reduces its own rows and only per-channel vectors cross devices
+  (`batch_moments`).
 
   Attributes:
     momentum: weight of the old running statistic (torch momentum 0.1 -> 0.9).
@@ -130,20 +131,56 @@ class BatchNorm(nn.Module):
                             nn.with_logical_partitioning(nn.initializers.zeros, axes), None, (c,))
     ra_var = self.variable("batch_stats", "var",
                            nn.with_logical_partitioning(nn.initializers.ones, axes), None, (c,))
-    xf = x.astype(upcast(x.dtype))
+    acc = upcast(x.dtype)
     if train:
-      reduce_axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(xf, axis=reduce_axes)
-      var = jnp.mean(jnp.square(xf - mean), axis=reduce_axes)
+      mean, var = batch_moments(x, acc)
       if not self.is_initializing():
-        n = xf.size // c
+        n = x.size // c
         unbiased = var * (n / max(n - 1, 1))
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
     else:
       mean, var = ra_mean.value, ra_var.value
-    y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+    # Per-channel factor first: one multiply-add per element on the upcast input, which
+    # XLA fuses with the convert and the cast back (no float32 copy of x is kept).
+    factor = jax.lax.rsqrt(var.astype(acc) + self.eps) * scale
+    y = (x.astype(acc) - mean) * factor + bias
     return batch_sharded(y.astype(x.dtype))
+
+
+def batch_moments(x: Array, acc: Dtype) -> tuple[Array, Array]:
+  """Per-channel mean and biased variance [c] of x [b, ..., c] in one pass over x.
+
+  The rows split into G groups, one per batch shard of the context mesh (G = 1
+  without one, or when b does not split), so a group's reduction stays on its
+  device. Each group reduces E[x - s] and E[(x - s)²] together, in `acc`, from
+  x upcast inside the reduction, shifted by s, one of its own pixels (no
+  gradient): with s near the data, E[(x-s)²] - E[x-s]² does not cancel the
+  variance's digits when a channel's mean is large against its spread. The G
+  groups' means and variances then combine exactly (Chan et al.): mean of the
+  group means, mean of the group variances plus the variance of the group means.
+  """
+  b, c = x.shape[0], x.shape[-1]
+  groups = 1
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty:
+    _, shards = partitioning.batch_axes(mesh)
+    groups = shards if b % shards == 0 else 1
+  # [G, b/G, ..., c]: each group is one shard's contiguous batch rows, on its device.
+  xg = x.reshape((groups, b // groups) + x.shape[1:])
+  centre = (slice(None), 0) + tuple(n // 2 for n in x.shape[1:-1])
+  shift = jax.lax.stop_gradient(xg[centre].astype(acc))  # [G, c]: the first image's centre
+  d = xg.astype(acc) - shift.reshape((groups,) + (1,) * (x.ndim - 1) + (c,))
+  # Two reductions of the same elementwise input: XLA fuses them into one read of x.
+  reduce_axes = tuple(range(1, x.ndim))
+  m1, m2 = jnp.mean(d, axis=reduce_axes), jnp.mean(jnp.square(d), axis=reduce_axes)
+  group_mean, group_var = shift + m1, jnp.maximum(m2 - jnp.square(m1), 0.0)
+  if groups == 1:
+    return group_mean[0], group_var[0]
+  # [2, G, c] to every device in one collective; the combination is then local.
+  stats = partitioning.constrain(jnp.stack([group_mean, group_var]), (None, None, None))
+  mean = jnp.mean(stats[0], axis=0)
+  return mean, jnp.mean(stats[1], axis=0) + jnp.mean(jnp.square(stats[0] - mean), axis=0)
 
 
 def batch_sharded(x: Array) -> Array:

@@ -146,6 +146,11 @@ class ModelConfig:
       switch='`"bfloat16"` (fp32 params, norms, softmax)')
   remat: bool = setting(False, "Rematerialise blocks in the backward pass to save memory.",
                         compute_only=True, switch="`True`")
+  # Compute-only: a checkpoint of either layout restores into both (block_layout).
+  scan_blocks: bool = setting(
+      True, "Run each ResNet stage's repeated bottleneck blocks 1..n-1 (n >= 3) as one scan: "
+      "stacked variables, one compiled block body (faster compiles, same results).",
+      compute_only=True)
 
   @property
   def compute_dtype(self) -> Any:

@@ -8,10 +8,11 @@ sparse compute is one of the `DISPATCH` implementations, chosen by `moe_impl`:
   * "expert_parallel": experts sharded over the mesh's "expert" axis, tokens
     exchanged with all-to-all inside shard_map (moe_parallel.py).
 
-All three take the same arguments and give the same outputs (up to capacity,
-which expert_parallel counts per shard). Dropped assignments contribute zero
-(the residual carries the token). Expert weights are stacked on a leading axis
-named `expert`.
+Under a mesh each runs once per batch shard on that shard's tokens
+(`moe_parallel.data_parallel` for sort and einsum), and capacity is counted
+per batch shard; all three take the same arguments and give the same outputs.
+Dropped assignments contribute zero (the residual carries the token). Expert
+weights are stacked on a leading axis named `expert`.
 """
 
 import flax.linen as nn
@@ -25,8 +26,8 @@ from micar_jax.models.model_config import ModelConfig
 Array = jax.Array
 
 DISPATCH: dict[str, moe_dispatch.Dispatch] = {
-    "sort": moe_dispatch.sort,
-    "einsum": moe_dispatch.einsum,
+    "sort": moe_parallel.data_parallel(moe_dispatch.sort),
+    "einsum": moe_parallel.data_parallel(moe_dispatch.einsum),
     "expert_parallel": moe_parallel.expert_parallel,
 }
 
@@ -46,8 +47,8 @@ class MoE(nn.Module):
   output, per token and choice), moe_combine ("sum" as the reference, or
   "weighted"; see `routing.combine_weights`), moe_aux_loss ("entropy" or
   "switch"; see `routing.aux_losses`), capacity_factor (<= 0 dropless, else
-  slots = ceil(cf · tokens · k / E)), moe_impl (a `DISPATCH` name) and the
-  compute dtype (the router runs in float32).
+  slots = ceil(cf · tokens of a batch shard · k / E)), moe_impl (a `DISPATCH`
+  name) and the compute dtype (the router runs in float32).
   """
 
   cfg: ModelConfig
@@ -73,7 +74,9 @@ class MoE(nn.Module):
     tokens = x.reshape(b * t, d)
     router = self.param("router", layers.xavier_uniform((layers.EMBED, None)), (d, e))
     logits = routing.router_logits(tokens, router)
-    probs, gates, ids = routing.route(logits, c.top_k)
+    # Row-wise, per batch shard under a mesh; the losses below stay means over all tokens.
+    probs, gates, ids = moe_parallel.per_batch_shard(
+        lambda rows: routing.route(rows, c.top_k))(logits)
     self.sow(routing.COLLECTION, routing.EXPERTS, ids.reshape(b, t, c.top_k))
     stats = routing.aux_losses(logits, probs, ids, c.moe_aux_loss)
     weights = routing.combine_weights(gates, c.moe_combine)

@@ -1,13 +1,18 @@
 """MSVE: the multiscale vision encoder (ResNet + FPN + fusion + 7×7 pooling).
 
-Resizing and pooling are written as small interpolation / averaging matrices
-applied with einsum: exact PyTorch semantics (bilinear, align_corners=False;
-AdaptiveAvgPool2d bin edges) at any size, and matmul-friendly on accelerators.
+Resizing and pooling are defined by small interpolation / averaging matrices
+(`bilinear_matrix`, `adaptive_pool_matrix`): PyTorch's semantics (bilinear,
+align_corners=False; AdaptiveAvgPool2d bin edges) at any size. `resize_axis`
+applies only their nonzeros, one axis at a time with channels minor: shifted
+slices and a lerp for integer upsampling, a reshaped mean for whole pooling
+windows, a gather otherwise (a dense einsum would be skinny matmuls over
+millions of rows plus NCHW transposes).
 """
 
 import functools
 import math
-from typing import Any
+import operator
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -46,11 +51,95 @@ def adaptive_pool_matrix(out_size: int, in_size: int) -> np.ndarray:
   return m
 
 
-def resize_2d(x: Array, matrix_fn, out_hw: tuple[int, int]) -> Array:
-  """Applies separable [out, in] matrices on H and W: [b, h, w, c] -> [b, oh, ow, c]."""
-  mh = jnp.asarray(matrix_fn(out_hw[0], x.shape[1]), x.dtype)
-  mw = jnp.asarray(matrix_fn(out_hw[1], x.shape[2]), x.dtype)
-  return jnp.einsum("oh,pw,bhwc->bopc", mh, mw, x)
+MatrixFn = Callable[[int, int], np.ndarray]
+
+
+@functools.lru_cache(maxsize=None)
+def _upsample_taps(factor: int) -> np.ndarray:
+  """[3, factor] weights of x[q-1], x[q], x[q+1] in output q·factor + r (bilinear).
+
+  torch's source index of that output is q + (r + 0.5) / factor - 0.5; at the
+  borders it clamps, which edge padding reproduces (both taps read the same
+  pixel, the weights sum to 1).
+  """
+  taps = np.zeros((3, factor), np.float64)
+  for r in range(factor):
+    offset = (r + 0.5) / factor - 0.5
+    if offset < 0:
+      taps[0, r], taps[1, r] = -offset, 1.0 + offset
+    else:
+      taps[1, r], taps[2, r] = 1.0 - offset, offset
+  return taps
+
+
+@functools.lru_cache(maxsize=None)
+def _matrix_taps(matrix_fn: MatrixFn, out_size: int, in_size: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """The nonzeros of each row of an [out, in] matrix: (index [K, out], weight [K, out]).
+
+  K is the most nonzeros of any row; shorter rows are padded with weight 0.
+  """
+  m = matrix_fn(out_size, in_size)
+  k = int(np.max(np.count_nonzero(m, axis=1)))
+  index, weight = np.zeros((k, out_size), np.int32), np.zeros((k, out_size), np.float64)
+  for o in range(out_size):
+    cols = np.flatnonzero(m[o])
+    index[:len(cols), o], weight[:len(cols), o] = cols, m[o, cols]
+  return index, weight
+
+
+def _along(w: np.ndarray, axis: int, ndim: int, dtype: Any) -> Array:
+  """A [n] weight vector shaped to broadcast along `axis` of an ndim array."""
+  shape = [1] * ndim
+  shape[axis] = w.shape[0]
+  return jnp.asarray(w.reshape(shape), dtype)
+
+
+def resize_axis(x: Array, matrix_fn: MatrixFn, out_size: int, axis: int) -> Array:
+  """Applies matrix_fn(out_size, n) [out, n] along `axis` of x, channels staying minor.
+
+  Only the matrix's nonzeros are read, in x's layout: no transposes and no
+  skinny matmuls (the matrices have 1-2 nonzeros a row for bilinear, one window
+  for pooling). Integer upsampling lerps shifted slices of the edge-padded input
+  (elementwise, so its gradient is too); pooling windows that tile the axis are
+  a reshape and a mean; any other size gathers each row's nonzeros. Sums run in
+  float32 (or wider) and are cast back to x's dtype.
+
+  Args:
+    x: [..., n, ..., c] with n at `axis` (1 or 2 of [b, h, w, c]).
+    matrix_fn: `bilinear_matrix` or `adaptive_pool_matrix`.
+    out_size: the new length of `axis`.
+    axis: the resized axis.
+
+  Returns:
+    x with `axis` resized to out_size, equal to the matrix product up to rounding.
+  """
+  n = x.shape[axis]
+  acc = layers.upcast(x.dtype)
+  xf = x.astype(acc)
+  new_shape = x.shape[:axis] + (out_size,) + x.shape[axis + 1:]
+  if matrix_fn is bilinear_matrix and out_size % n == 0:
+    factor = out_size // n
+    padded = jnp.pad(xf, [(1, 1) if a == axis else (0, 0) for a in range(x.ndim)], mode="edge")
+    taps = _upsample_taps(factor)
+    # Output q·factor + r: Σ_j taps[j, r] · x[q + j - 1], interleaved by the reshape.
+    y = functools.reduce(operator.add, (
+        jnp.expand_dims(jax.lax.slice_in_dim(padded, j, j + n, axis=axis), axis + 1)
+        * _along(taps[j], axis + 1, x.ndim + 1, acc) for j in range(3)))
+  elif matrix_fn is adaptive_pool_matrix and n % out_size == 0:
+    windows = xf.reshape(x.shape[:axis] + (out_size, n // out_size) + x.shape[axis + 1:])
+    y = jnp.mean(windows, axis=axis + 1)
+  else:
+    index, weight = _matrix_taps(matrix_fn, out_size, n)
+    y = functools.reduce(operator.add, (
+        jnp.take(xf, index[j], axis=axis) * _along(weight[j], axis, x.ndim, acc)
+        for j in range(len(index))))
+  return y.reshape(new_shape).astype(x.dtype)
+
+
+def resize_2d(x: Array, matrix_fn: MatrixFn, out_hw: tuple[int, int]) -> Array:
+  """Applies separable [out, in] matrices on H, then W: [b, h, w, c] -> [b, oh, ow, c]."""
+  return resize_axis(resize_axis(x, matrix_fn, out_hw[0], 1), matrix_fn, out_hw[1], 2)
 
 
 def upsample(x: Array, out_hw: tuple[int, int]) -> Array:
@@ -108,7 +197,7 @@ class MSVE(nn.Module):
   def __call__(self, images: Array, train: bool) -> Array:
     """[batch, H, W, 3] normalised images -> [batch, pool_size², d_v] tokens (raster order)."""
     cfg, dtype = self.cfg, self.cfg.compute_dtype
-    c2, c3, c4, c5 = resnet.ResNet(cfg.stage_sizes, cfg.resnet_width, dtype,
+    c2, c3, c4, c5 = resnet.ResNet(cfg.stage_sizes, cfg.resnet_width, dtype, cfg.scan_blocks,
                                    name="backbone")(images.astype(dtype), train)
     lateral = lambda i, c: ConvBNReLU(cfg.d_v, 1, dtype, name=f"fpn_c{i}")(c, train)
     p5 = lateral(5, c5)

@@ -109,6 +109,12 @@ def resolve_spec(names: Sequence[str | None], shape: Sequence[int], rules: Logic
   return PartitionSpec(*result)
 
 
+def batch_axes(mesh: jax.sharding.AbstractMesh | Mesh) -> tuple[tuple[str, ...], int]:
+  """The mesh's axes that split the batch (outermost first) and how many shards they make."""
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  return axes, math.prod(mesh.shape[a] for a in axes)
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Sharding constraint on an activation by logical names; a no-op without a mesh.
 
