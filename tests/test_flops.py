@@ -25,6 +25,12 @@ def test_ragged_dot_counts_each_row_once():
   assert flops.count_flops(lambda l, r: jax.lax.ragged_dot(l, r, sizes), lhs, rhs) == 2 * 6 * 4 * 5
 
 
+def test_a_scan_body_counts_once_per_iteration():
+  def f(x, w):
+    return jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=5)[0]
+  assert flops.count_flops(f, jnp.ones((4, 8)), jnp.ones((8, 8))) == 5 * 2 * 4 * 8 * 8
+
+
 def test_mmr_model_is_about_793_gflop_per_trained_image():
   c = defaults.base_config()
   mc = model_lib.ModelConfig.from_config(c, 2046)

@@ -2,8 +2,8 @@
 
 Walks the jaxpr of a function and adds 2·MACs of every convolution, dot
 product and ragged dot (whose rows are only the tokens routed to each expert,
-so a top-k MoE counts k experts per token, not E). Element-wise work is not
-counted, as usual for MFU.
+so a top-k MoE counts k experts per token, not E); a scan's body counts once
+per iteration. Element-wise work is not counted, as usual for MFU.
 """
 
 import math
@@ -46,8 +46,10 @@ def _jaxpr_flops(jaxpr) -> int:
     counter = _COUNTERS.get(eqn.primitive.name)
     if counter is not None:
       total += counter(eqn)
+    # A scan runs its body `length` times (the scanned ResNet blocks).
+    trips = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
     for sub in jex_core.jaxprs_in_params(eqn.params):
-      total += _jaxpr_flops(sub)
+      total += trips * _jaxpr_flops(sub)
   return total
 
 
