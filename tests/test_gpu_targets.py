@@ -149,22 +149,6 @@ def test_targets_ship_with_the_package_and_the_extra_pins_jax():
                    pyproject, re.M)
 
 
-@pytest.mark.parametrize("given, expected", [
-    (None, "--xla_gpu_enable_triton_gemm=false"),
-    ("--xla_dump_to=/tmp/x", "--xla_dump_to=/tmp/x --xla_gpu_enable_triton_gemm=false"),
-    ("--xla_gpu_enable_triton_gemm=true", "--xla_gpu_enable_triton_gemm=true"),  # the user's
-    ("--xla_gpu_enable_triton_gemm_any=true",
-     "--xla_gpu_enable_triton_gemm_any=true --xla_gpu_enable_triton_gemm=false"),
-])
-def test_prepare_gpu_compiler_adds_its_flags_and_keeps_the_users(monkeypatch, given, expected):
-  if given is None:
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-  else:
-    monkeypatch.setenv("XLA_FLAGS", given)
-  topology.prepare_gpu_compiler()
-  assert os.environ["XLA_FLAGS"] == expected
-
-
 @NEEDS_PLUGIN
 @pytest.mark.parametrize("name", ["h200", "h100x8", "a100x4"])
 def test_gpu_topology_gives_one_compile_only_device_per_gpu(name):

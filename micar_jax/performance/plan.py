@@ -321,12 +321,10 @@ def _base_args(argv: Sequence[str]) -> list[str]:
 def _prepare_jax(topo: topology_lib.Topology) -> None:
   """CPU backend only (TPU and GPU devices come from the topology), with enough CPU devices;
   for a TPU topology, the stack libtpu's compiler needs (stack_limit: a restart); for a
-  GPU topology, the compiler flags of topology_lib.prepare_gpu_compiler and no
-  persistent compilation cache."""
+  GPU topology, no persistent compilation cache."""
   if topo.is_tpu:
     stack_limit.restart_unlimited()
   if topo.platform == "gpu":
-    topology_lib.prepare_gpu_compiler()
     # Compile-only GPU devices write the persistent cache but cannot read it back (XLA:
     # "PjRtCompiler must be constructed with a Client"): each rerun would only warn.
     jax.config.update("jax_enable_compilation_cache", False)

@@ -148,27 +148,6 @@ def quiet_libtpu(topology: Topology) -> None:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
-# TEMPORARY, remove once the model's resize no longer needs it: without a GPU, XLA cannot
-# autotune, and its Triton GEMM tiling then fails on the model's skinny resize einsum
-# (micar_jax/models/msve.py resize_2d; at the tiny config an f32[896,7] dot: "Couldn't find
-# output tile sizes").
-# GPU topologies compile their GEMMs as cuBLAS calls instead, which may shift the memory
-# figures a little from a run on the GPU (where XLA autotunes Triton GEMMs).
-GPU_XLA_FLAGS = ("--xla_gpu_enable_triton_gemm=false",)
-
-
-def prepare_gpu_compiler() -> None:
-  """Adds GPU_XLA_FLAGS to XLA_FLAGS, keeping flags XLA_FLAGS already sets.
-
-  Must run before jax initialises any backend: the CUDA plugin reads XLA_FLAGS
-  once, when it loads.
-  """
-  given = os.environ.get("XLA_FLAGS", "")
-  missing = [f for f in GPU_XLA_FLAGS
-             if not re.search(rf"{re.escape(f.split('=')[0])}(=|\s|$)", given)]
-  os.environ["XLA_FLAGS"] = " ".join([given, *missing]).strip()
-
-
 def _installed(module: str) -> bool:
   try:
     return importlib.util.find_spec(module) is not None
