@@ -144,6 +144,19 @@ def tiny_two_view_run(tiny_run):
 
 
 @pytest.fixture(scope="session")
+def tested_two_view_run(tiny_two_view_run):
+  """tested_two_view_run(name) -> (folder, config): a tiny_two_view_run copy whose best
+  checkpoint `--mode=test` has scored (folder/run/test/ holds its outputs)."""
+  def copy(name):
+    folder, config = tiny_two_view_run(name)
+    run = run_lib.Run(config, str(folder / "run"))
+    run_lib.test_best(run)
+    run.checkpoints.close()
+    return folder, config
+  return copy
+
+
+@pytest.fixture(scope="session")
 def sharp_tiny_model():
   """(config, ModelConfig, params, batch_stats, images [6, 32, 32, 3]) of a sharp tiny model.
 

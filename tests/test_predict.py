@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from micar_jax import errors
-from micar_jax.core import run as run_lib
 from micar_jax.inference import predict
 
 
@@ -71,12 +70,9 @@ def test_predict_notes_an_exif_orientation_it_does_not_apply(tiny_run, tiny_conf
   assert "exif_orientation" not in rows[1]
 
 
-def test_two_view_predict_matches_test_mode_per_study(tiny_two_view_run, capsys):
-  folder, config = tiny_two_view_run("predict_two_view")
+def test_two_view_predict_matches_test_mode_per_study(tested_two_view_run, capsys):
+  folder, config = tested_two_view_run("predict_two_view")
   workdir = str(folder / "run")
-  run = run_lib.Run(config, workdir)
-  run_lib.test_best(run)
-  run.checkpoints.close()
   tested = {tuple(e["image"]): e["generated"]
             for e in map(json.loads, open(folder / "run" / "test" / "examples.jsonl"))}
   # (b) the prepared test split itself as the study list, plus a malformed row.

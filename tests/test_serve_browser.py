@@ -131,14 +131,10 @@ def test_uploading_an_image_gives_a_report_and_its_view(site, browser, tmp_path)
 
 
 @pytest.fixture(scope="module")
-def two_view_site(tiny_two_view_run, running_server):
+def two_view_site(tested_two_view_run, running_server):
   """(base URL, workdir) of a tested two-view tiny run being served."""
-  from micar_jax.core import run as run_lib  # pylint: disable=g-import-not-at-top
-  folder, config = tiny_two_view_run("browser_two_view")
+  folder, config = tested_two_view_run("browser_two_view")
   workdir = str(folder / "run")
-  run = run_lib.Run(config, workdir)
-  run_lib.test_best(run)
-  run.checkpoints.close()
   engine = engine_lib.Engine(config, workdir, max_wait_s=0.02)
   try:
     with running_server(engine, workdir) as url:

@@ -16,20 +16,16 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 from micar_jax import evaluate  # noqa: E402
-from micar_jax.core import run as run_lib  # noqa: E402
 from micar_jax.data import images as images_lib  # noqa: E402
 from micar_jax.inference import explain, explain_figure, predict  # noqa: E402
 from micar_jax.serve import engine as engine_lib  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def studies(tiny_two_view_run, running_server):
+def studies(tested_two_view_run, running_server):
   """(config, workdir, folder, httpx client) of a tested two-view run being served."""
-  folder, config = tiny_two_view_run("serve_studies")
+  folder, config = tested_two_view_run("serve_studies")
   workdir = str(folder / "run")
-  run = run_lib.Run(config, workdir)
-  run_lib.test_best(run)
-  run.checkpoints.close()
   engine = engine_lib.Engine(config, workdir, max_wait_s=0.05)
   try:
     with running_server(engine, workdir) as url, httpx.Client(base_url=url, timeout=120) as c:
